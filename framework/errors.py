@@ -1,0 +1,89 @@
+"""The exceptions plugstack raises on purpose.
+
+Every message says what was wrong, what was expected and what to do about it. The CLI
+prints ``str(error)`` without a traceback for these; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "PlugstackError",
+    "PluginError",
+    "UnknownPluginError",
+    "DuplicatePluginError",
+    "ConfigError",
+    "BackendUnavailableError",
+    "UnsupportedOptionError",
+    "ModelLoadError",
+    "GenerationError",
+    "close_matches",
+]
+
+
+class PlugstackError(Exception):
+    """Base class of all errors that carry a message meant for the user."""
+
+
+class PluginError(PlugstackError):
+    """A plugin failed to import, register or run."""
+
+
+def close_matches(word: str, choices: Iterable[str]) -> list[str]:
+    """Names in ``choices`` that look like a typo of ``word`` (best first)."""
+    return difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
+
+
+def suggestion_text(word: str, choices: Iterable[str]) -> str:
+    """`` Did you mean 'x'?`` or an empty string."""
+    matches = close_matches(word, choices)
+    if not matches:
+        return ""
+    return " Did you mean " + " or ".join(repr(m) for m in matches) + "?"
+
+
+class UnknownPluginError(PluginError, LookupError):
+    """A backend, model or application name that no plugin registered."""
+
+    def __init__(self, kind: str, name: str, available: Iterable[str]) -> None:
+        self.kind, self.name = kind, name
+        self.available = sorted(available)
+        listing = ", ".join(self.available) or "(none)"
+        super().__init__(
+            f"Unknown {kind} {name!r}.{suggestion_text(name, self.available)} "
+            f"Available {kind}s: {listing}. "
+            f"Run `plugstack plugins` to see every plugin, including broken ones."
+        )
+
+
+class DuplicatePluginError(PluginError):
+    """Two plugins registered the same name for the same kind."""
+
+    def __init__(self, kind: str, name: str, first: str, second: str) -> None:
+        super().__init__(
+            f"Both plugin {first!r} and plugin {second!r} register a {kind} named {name!r}. "
+            f"Rename one, disable one with PLUGSTACK_DISABLE_PLUGINS={second}, "
+            f"or register with override=True if replacing it is intended."
+        )
+
+
+class ConfigError(PlugstackError, ValueError):
+    """A composed configuration value is invalid."""
+
+
+class BackendUnavailableError(PlugstackError):
+    """The chosen backend cannot run on this machine."""
+
+
+class UnsupportedOptionError(ConfigError):
+    """A backend, model or app got an option value it does not support."""
+
+
+class ModelLoadError(PlugstackError):
+    """Model weights, tokenizer or metadata are missing, corrupt or unsupported."""
+
+
+class GenerationError(PlugstackError, ValueError):
+    """Invalid generation request: sampling parameters, prompt length, stop strings."""

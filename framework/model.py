@@ -1,0 +1,64 @@
+"""What a model plugin hands to a backend: a step module, its signature and a tokenizer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from .signature import StepSignature
+
+if TYPE_CHECKING:  # heavy imports only for type checkers
+    import torch
+
+__all__ = ["Tokenizer", "Model"]
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """Text <-> token ids, plus the special tokens and chat template a model defines."""
+
+    #: Token ids that end a sequence (e.g. ``<|im_end|>``).
+    eos_token_ids: tuple[int, ...]
+    #: Id used to left-pad batched prompts.
+    pad_token_id: int
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text`` (adds BOS only where the model's metadata asks for it)."""
+        ...
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
+        """Text of ``ids``; may end in U+FFFD where a multi-byte character is cut."""
+        ...
+
+    def apply_chat_template(
+        self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True
+    ) -> str:
+        """Render ``messages`` with the model's (sandboxed) chat template."""
+        ...
+
+
+@dataclass
+class Model:
+    """A loaded model: what to compute (``module`` + ``signature``) and how to talk to it.
+
+    ``module.forward(*inputs)`` follows ``signature``; backends may run it eagerly, export
+    it or compile it. ``example_inputs`` builds valid inputs for tracing/export (with every
+    symbolic dimension >= 2 so exporters do not specialise them).
+    """
+
+    name: str
+    #: ``"decoder"``, ``"denoiser"``, ... (backends may refuse kinds they cannot run).
+    kind: str
+    module: torch.nn.Module
+    signature: StepSignature
+    example_inputs: Callable[..., tuple[torch.Tensor, ...]]
+    tokenizer: Tokenizer | None = None
+    #: Maximum positions the model supports (decoders); ``None`` when not applicable.
+    context_length: int | None = None
+    #: Stable digest of the weights (hex); part of compiled-artifact cache keys.
+    weights_digest: str = ""
+    #: Where the weights came from (file or directory), for logs and errors.
+    source: str = ""
+    #: Hyper-parameters and anything else worth logging (JSON-serialisable).
+    info: dict[str, Any] = field(default_factory=dict)

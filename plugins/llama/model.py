@@ -1,0 +1,245 @@
+"""A Llama-family decoder in plain PyTorch, written to be read.
+
+RMSNorm, rotary embeddings, grouped-query attention, SwiGLU MLP, tied or untied head,
+optional q/k/v bias (Qwen2-style). ``Llama.forward`` is the step the backends run:
+
+    forward(input_ids, position_ids, attention_mask, *past) -> (logits, *present)
+
+with ``past``/``present`` as explicit per-layer key and value tensors laid out
+``[batch, kv_heads, positions, head_dim]``. Prefill and decode are the same step with a
+different number of new tokens; left padding is expressed by ``attention_mask`` (one
+entry per past + new position, 1 = real token) and per-row ``position_ids``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plugstack.signature import FLOAT, StepSignature, TensorSpec
+
+
+@dataclass
+class LlamaConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int | None = None
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    context_length: int = 2048
+    tie_embeddings: bool = True
+    #: Bias on the q/k/v projections (Qwen2); Llama has none.
+    qkv_bias: bool = False
+
+    def __post_init__(self) -> None:
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_heads
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 whatever the compute dtype, as the reference implementation does.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Rotary(nn.Module):
+    """cos/sin tables computed from the positions of each row (so rows may differ)."""
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = position_ids[..., None].float() * self.inv_freq  # [B, T, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, T, D]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LlamaConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
+
+    def forward(self, x, cos, sin, mask, past_k, past_v):
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        k = torch.cat((past_k, k), dim=2)
+        v = torch.cat((past_v, v), dim=2)
+        # Grouped-query attention: each kv head serves n_heads // n_kv query heads.
+        rep = self.n_heads // self.n_kv
+        k_all = k.repeat_interleave(rep, dim=1) if rep > 1 else k
+        v_all = v.repeat_interleave(rep, dim=1) if rep > 1 else v
+        y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+        y = y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
+        return self.o_proj(y), k, v
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: LlamaConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LlamaConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, mask, past_k, past_v):
+        a, k, v = self.self_attn(self.input_layernorm(x), cos, sin, mask, past_k, past_v)
+        x = x + a
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, k, v
+
+
+class Llama(nn.Module):
+    """The decoder. Parameter names follow Hugging Face's ``LlamaForCausalLM`` minus the
+    ``model.`` prefix, so safetensors checkpoints map one to one."""
+
+    def __init__(self, cfg: LlamaConfig, *, all_logits: bool = False) -> None:
+        super().__init__()
+        self.cfg = cfg
+        #: Return logits for every new position (``[B, T, V]``) instead of the last one
+        #: (``[B, V]``). Prefill only needs the last; scoring a text needs all.
+        self.all_logits = all_logits
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_theta)
+
+    def untie_head(self) -> None:
+        """Give the head its own copy of the embedding (quantisers skip shared weights)."""
+        if self.lm_head.weight is self.embed_tokens.weight:
+            self.lm_head.weight = nn.Parameter(self.embed_tokens.weight.detach().clone())
+
+    def forward(self, input_ids, position_ids, attention_mask, *past):
+        b, t = input_ids.shape
+        x = self.embed_tokens(input_ids)
+        cos, sin = self.rotary(position_ids, x.dtype)
+        mask = causal_mask(attention_mask, t)
+        present = []
+        for i, layer in enumerate(self.layers):
+            x, k, v = layer(x, cos, sin, mask, past[2 * i], past[2 * i + 1])
+            present += [k, v]
+        if not self.all_logits:
+            x = x[:, -1, :]
+        logits = self.lm_head(self.norm(x))
+        return (logits.float(), *present)
+
+    # -- the contract with backends -------------------------------------------------
+
+    def signature(self) -> StepSignature:
+        c = self.cfg
+        kv = (c.num_kv_heads, c.head_dim)
+        inputs = [
+            TensorSpec("input_ids", "int64", ("batch", "seq")),
+            TensorSpec("position_ids", "int64", ("batch", "seq")),
+            TensorSpec("attention_mask", "int64", ("batch", "total")),
+        ]
+        logits_shape = ("batch", "seq", c.vocab_size) if self.all_logits else ("batch", c.vocab_size)
+        outputs = [TensorSpec("logits", "float32", logits_shape)]
+        state = []
+        for i in range(c.num_layers):
+            for part in ("key", "value"):
+                inputs.append(TensorSpec(f"past.{i}.{part}", FLOAT, ("batch", kv[0], "past", kv[1])))
+                outputs.append(TensorSpec(f"present.{i}.{part}", FLOAT, ("batch", kv[0], "total", kv[1])))
+                state.append((f"past.{i}.{part}", f"present.{i}.{part}"))
+        meta = {
+            "kind": "decoder",
+            "num_layers": c.num_layers,
+            "num_heads": c.num_heads,
+            "kv_heads": c.num_kv_heads,
+            "head_dim": c.head_dim,
+            "vocab_size": c.vocab_size,
+            "context_length": c.context_length,
+            "all_logits": self.all_logits,
+        }
+        return StepSignature(tuple(inputs), tuple(outputs), tuple(state), state_axis="past", meta=meta)
+
+    def example_inputs(self, batch: int = 2, seq: int = 3, past: int = 2) -> tuple[torch.Tensor, ...]:
+        """Valid inputs with every dynamic dim >= 2 (exporters specialise 0 and 1)."""
+        c = self.cfg
+        dtype = self.embed_tokens.weight.dtype
+        ids = torch.randint(0, c.vocab_size, (batch, seq))
+        pos = torch.arange(past, past + seq).expand(batch, seq).contiguous()
+        mask = torch.ones(batch, past + seq, dtype=torch.int64)
+        kv = [torch.randn(batch, c.num_kv_heads, past, c.head_dim, dtype=dtype) for _ in range(2 * c.num_layers)]
+        return (ids, pos, mask, *kv)
+
+
+def causal_mask(attention_mask: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """Boolean ``[B, 1, T, P+T]`` mask: new token i sees past and new tokens up to itself,
+    minus padded positions. Each token always sees itself, so a padding row never becomes
+    all-masked (which would give NaN that leaks through the values)."""
+    total = attention_mask.shape[1]
+    past_len = total - new_tokens
+    q_pos = torch.arange(new_tokens, device=attention_mask.device)[:, None] + past_len
+    k_pos = torch.arange(total, device=attention_mask.device)[None, :]
+    causal = k_pos <= q_pos  # [T, P+T]
+    keep = causal[None] & attention_mask[:, None, :].bool()
+    keep = keep | (k_pos == q_pos)[None]
+    return keep[:, None]
+
+
+def init_weights(model: Llama, seed: int = 0, std: float = 0.02) -> Llama:
+    """Random initialisation for tiny test models (deterministic for a seed)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+                p.fill_(1.0)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+def param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
