@@ -1,0 +1,1 @@
+"""plugstack-example: a third-party plugin package (see plugin.py)."""

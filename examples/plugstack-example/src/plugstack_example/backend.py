@@ -1,0 +1,84 @@
+"""``pinned-cpu``: the built-in eager runner, pinned to chosen cores and instrumented."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+import plugstack
+from plugstack import Availability, DeviceInfo, Runner, StepOutput, UnsupportedOptionError
+
+log = structlog.get_logger("plugstack_example.backend")
+
+
+class TimedRunner(Runner):
+    """Wraps any runner; counts steps and the time spent in them."""
+
+    def __init__(self, inner: Runner) -> None:
+        self.inner, self.signature, self.dtype = inner, inner.signature, inner.dtype
+        self.steps, self.seconds = 0, 0.0
+
+    def new_state(self, batch_size: int) -> Any:
+        return self.inner.new_state(batch_size)
+
+    def state_length(self, state: Any) -> int:
+        return self.inner.state_length(state)
+
+    def run(self, inputs: Mapping[str, Any], state: Any = None) -> StepOutput:
+        start = time.perf_counter()
+        try:
+            return self.inner.run(inputs, state)
+        finally:
+            self.steps += 1
+            self.seconds += time.perf_counter() - start
+
+    def close(self) -> None:
+        if self.inner is not None:
+            log.info("pinned_cpu.stats", steps=self.steps, seconds=round(self.seconds, 4))
+            self.inner.close()
+            self.inner = None  # type: ignore[assignment]
+
+
+class PinnedCpuBackend(plugstack.Backend):
+    capabilities = frozenset({"inference", "batch"})
+
+    def _cores(self) -> list[int]:
+        cores = list(self.cfg.cores) if self.cfg is not None else []
+        allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        bad = [c for c in cores if allowed and c not in allowed]
+        if bad:
+            raise UnsupportedOptionError(
+                f"backend.cores has cores {bad} that this process cannot use; allowed cores: {allowed}"
+            )
+        return cores or allowed
+
+    def probe(self) -> Availability:
+        if not hasattr(os, "sched_setaffinity"):
+            return Availability.no("this OS does not support pinning threads to cores")
+        try:
+            cores = self._cores()
+        except UnsupportedOptionError as exc:
+            return Availability.no(str(exc))
+        return Availability(True, device=DeviceInfo(name=f"cpu cores {cores}", threads=len(cores),
+                                                    dtypes=("fp32", "bf16")))
+
+    def prepare(self, model: plugstack.Model) -> Runner:
+        import copy
+
+        import torch
+
+        from plugstack.backends.eager import EagerRunner
+
+        dtype = self.cfg.dtype if self.cfg is not None else "fp32"
+        if dtype not in ("fp32", "bf16"):
+            raise UnsupportedOptionError(f"backend.dtype={dtype!r} is not supported by pinned-cpu; use fp32 or bf16")
+        cores = self._cores()
+        os.sched_setaffinity(0, cores)
+        torch.set_num_threads(len(cores))
+        log.info("pinned_cpu.pinned", cores=cores, threads=len(cores))
+        module = model.module if dtype == "fp32" else copy.deepcopy(model.module)
+        return TimedRunner(EagerRunner(module, model.signature, dtype=dtype))

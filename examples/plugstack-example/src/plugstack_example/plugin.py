@@ -1,0 +1,43 @@
+"""The plugin module named by this package's ``plugstack`` entry point.
+
+Light by design: it imports only the plugstack API and dataclasses; the backend and the
+app live in their own modules, named as strings, and load when a run uses them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import plugstack
+
+
+@dataclass
+class PinnedCpuConfig:
+    name: str = "pinned-cpu"
+    #: CPU cores to pin the process to (empty: all); torch uses one thread per core.
+    cores: list[int] = field(default_factory=list)
+    dtype: str = "fp32"
+
+
+@dataclass
+class DescribeConfig:
+    name: str = "describe"
+    #: Also time one real step of the model on the backend.
+    run_step: bool = True
+
+
+@plugstack.hookimpl
+def plugstack_register_backends(register: plugstack.Register) -> None:
+    register("pinned-cpu", "plugstack_example.backend:PinnedCpuBackend", config=PinnedCpuConfig,
+             description="PyTorch eager on pinned CPU cores, with per-step timing")
+
+
+@plugstack.hookimpl
+def plugstack_register_apps(register: plugstack.Register) -> None:
+    register("describe", "plugstack_example.describe:DescribeApp", config=DescribeConfig,
+             description="print the model, its step signature and device; time one step")
+
+
+@plugstack.hookimpl
+def plugstack_config_searchpath() -> str:
+    return "pkg://plugstack_example.conf"

@@ -1,0 +1,156 @@
+"""The ``plugstack`` command.
+
+    plugstack [OVERRIDES...]      compose (Hydra) and run the chosen application
+    plugstack plugins [--json]    every discovered plugin, with broken ones and why
+    plugstack backends [--json]   every backend: available here or why not, and its device
+
+stdout carries only an application's (or a listing's) output; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from . import logs
+from .errors import PlugstackError
+
+__all__ = ["main"]
+
+_exit_codes: list[int] = []
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"plugstack: error: {message}", file=sys.stderr)
+    return code
+
+
+# -- plugstack plugins / backends ---------------------------------------------------------
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from .registry import get_registry
+
+    registry = get_registry()
+    records = list(registry.plugins.values())
+    if args.json:
+        print(json.dumps([r.as_dict() for r in records], indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="plugstack plugins")
+    for column in ("plugin", "provides", "distribution", "status", "error"):
+        table.add_column(column, overflow="fold")
+    for r in records:
+        provides = ", ".join(f"{kind} {name}" for kind, name in r.provides) or "-"
+        dist = f"{r.distribution} {r.version}" if r.distribution else "-"
+        status = {"ok": "[green]ok[/]", "broken": "[red]broken[/]"}.get(r.status, f"[yellow]{r.status}[/]")
+        table.add_row(r.name, provides, dist, status, r.error or "")
+    Console(soft_wrap=False).print(table)
+    return 0
+
+
+def _backends(args: argparse.Namespace) -> int:
+    from .registry import get_registry
+
+    rows = []
+    for entry in get_registry().entries("backend"):
+        row = {"name": entry.name, "plugin": entry.plugin, "available": False, "reason": "", "device": None}
+        try:
+            availability = entry.create(entry.default_config()).probe()
+            row["available"], row["reason"] = availability.available, availability.reason
+            if availability.device is not None:
+                d = availability.device
+                row["device"] = {"name": d.name, "memory_bytes": d.memory_bytes, "threads": d.threads,
+                                 "dtypes": list(d.dtypes), **({"extra": d.extra} if d.extra else {})}
+        except Exception as exc:  # a broken backend is reported, not fatal
+            row["reason"] = f"probe failed: {type(exc).__name__}: {exc}"
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="plugstack backends")
+    for column in ("backend", "available", "device", "memory", "dtypes", "details"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        d = row["device"] or {}
+        mem = f"{d['memory_bytes'] / 2**30:.1f} GiB" if d.get("memory_bytes") else "-"
+        details = row["reason"] or ", ".join(f"{k}={v}" for k, v in (d.get("extra") or {}).items())
+        table.add_row(row["name"], "[green]yes[/]" if row["available"] else "[red]no[/]",
+                      d.get("name", "-"), mem, ", ".join(d.get("dtypes", [])) or "-", details)
+    Console(soft_wrap=False).print(table)
+    return 0
+
+
+SUBCOMMANDS = {"plugins": _plugins, "backends": _backends}
+
+
+def _subcommand(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog=f"plugstack {argv[0]}", description=SUBCOMMANDS[argv[0]].__doc__)
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args(argv[1:])
+    try:
+        return SUBCOMMANDS[argv[0]](args)
+    except PlugstackError as exc:
+        return _fail(str(exc))
+
+
+# -- plugstack [overrides] ----------------------------------------------------------------
+
+
+def _overrides(argv: Sequence[str]) -> list[str]:
+    """The positional overrides of a Hydra command line (flags and their values removed)."""
+    from hydra._internal.utils import get_args_parser  # Hydra's own parser: same grammar
+
+    try:
+        return list(get_args_parser().parse_args(list(argv)).overrides)
+    except SystemExit:  # malformed flags: let Hydra report them
+        return []
+
+
+def _run_hydra(argv: Sequence[str]) -> int:
+    import hydra
+    from omegaconf import DictConfig
+
+    from .config import CONFIG_MODULE
+    from .run import execute
+
+    @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="config", version_base="1.3")
+    def _task(cfg: DictConfig) -> None:
+        _exit_codes.append(execute(cfg))
+
+    _exit_codes.clear()
+    saved = sys.argv
+    sys.argv = ["plugstack", *argv]
+    try:
+        _task()
+    finally:
+        sys.argv = saved
+    return max(_exit_codes, default=0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        logs.configure("console", "WARNING")
+        return _subcommand(argv)
+    logs.configure("console", "WARNING")  # until the run's own settings apply
+    try:
+        from .config import check_choices, prepare_hydra
+
+        prepare_hydra()
+        check_choices(_overrides(argv))
+    except PlugstackError as exc:
+        return _fail(str(exc))
+    return _run_hydra(argv)
+
+
+def entry_point() -> None:
+    """Console-script entry: exit with the run's code."""
+    sys.exit(main())

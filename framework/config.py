@@ -1,0 +1,116 @@
+"""Configuration: the root schema, Hydra composition and early checks of group choices.
+
+The primary config is ``conf/config.yaml`` (package ``plugstack.conf``), composed over
+the groups ``backend``, ``model`` and ``app``. Each plugin's config dataclass is stored
+in Hydra's ConfigStore at the root as ``plugstack_<kind>_<name>`` (see ``Register``), so
+a wrong type or an unknown key fails at composition with Hydra's own message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from omegaconf import MISSING
+
+from .errors import ConfigError, suggestion_text
+
+__all__ = ["CONFIG_MODULE", "GROUPS", "LogConfig", "PlugstackConfig", "prepare_hydra", "compose", "check_choices"]
+
+CONFIG_MODULE = "plugstack.conf"
+GROUPS = ("backend", "model", "app")
+
+
+class LogFormat(str, Enum):
+    console = "console"
+    json = "json"
+
+
+class LogLevel(str, Enum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
+
+
+@dataclass
+class LogConfig:
+    #: ``console`` (coloured on a terminal) or ``json`` (one JSON object per line).
+    format: LogFormat = LogFormat.console
+    level: LogLevel = LogLevel.INFO
+
+
+@dataclass
+class PlugstackConfig:
+    """The root schema; each group's own schema comes from its plugin."""
+
+    backend: Any = MISSING
+    model: Any = MISSING
+    app: Any = MISSING
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+def prepare_hydra() -> None:
+    """Store every schema in the ConfigStore and install the search-path plugin."""
+    from hydra.core.config_store import ConfigStore
+
+    from . import hydra_searchpath
+    from .registry import get_registry
+
+    ConfigStore.instance().store(name="plugstack_config", node=PlugstackConfig)
+    get_registry().store_schemas()
+    hydra_searchpath.install()
+
+
+def group_options(group: str) -> list[str]:
+    """Every choice of ``group`` in the search path (built-in and plugin-contributed)."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    prepare_hydra()
+    already = GlobalHydra.instance().is_initialized()
+    if already:
+        return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
+
+
+def check_choices(overrides: Sequence[str]) -> None:
+    """Fail early, with a suggestion, on ``backend=onxx``-style typos in group choices."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:
+        return  # Hydra reports grammar errors itself, with its own message
+    cache: dict[str, list[str]] = {}
+    for override in parsed:
+        group = override.key_or_group
+        if group not in GROUPS or override.is_delete() or override.package:
+            continue
+        if override.is_sweep_override():
+            values = list(override.sweep_string_iterator())
+        else:
+            values = [override.get_value_element_as_str()]
+        options = cache.setdefault(group, group_options(group))
+        for value in values:
+            if value not in options:
+                raise ConfigError(
+                    f"Unknown {group} {value!r}.{suggestion_text(value, options)} "
+                    f"Available {group} choices: {', '.join(options)}. "
+                    f"(`plugstack --help` lists every group and choice.)"
+                )
+
+
+def compose(overrides: Sequence[str] = ()) -> Any:
+    """Compose plugstack's config outside the CLI (tests, notebooks)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    prepare_hydra()
+    check_choices(overrides)
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
