@@ -36,3 +36,44 @@ def tiny_llama_config():
         rope_theta=10000.0,
         context_length=256,
     )
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random Llama in Hugging Face format (config.json, model.safetensors,
+    tokenizer.json with a byte-level BPE, ChatML template): real files, loaded for real."""
+    import json
+
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    corpus = ["The sea is calm tonight.", "def add(a, b): return a + b", "Paris is the capital of France.",
+              "Numbers 12345 and emoji 🌊 and 日本語."] * 20
+    tok.train_from_iterator(corpus, trainer)
+    tok.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps(
+        {"eos_token": "<|im_end|>", "bos_token": None, "chat_template": CHATML}))
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=True, eos_token_id=tok.token_to_id("<|im_end|>"),
+        bos_token_id=None, pad_token_id=tok.token_to_id("<|im_end|>"),
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(out)
+    return out
