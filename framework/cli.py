@@ -135,6 +135,49 @@ def _run_hydra(argv: Sequence[str]) -> int:
     return max(_exit_codes, default=0)
 
 
+def _group_lines(loader, parent: str = "") -> list[str]:
+    """``group: choice, choice`` for every config group outside ``hydra/``, recursively."""
+    from hydra.core.object_type import ObjectType
+
+    lines = []
+    for group in sorted(loader.list_groups(parent)):
+        path = f"{parent}/{group}" if parent else group
+        if path == "hydra":
+            continue
+        options = loader.get_group_options(path, ObjectType.CONFIG)
+        if options:
+            lines.append(f"{path}: {', '.join(options)}")
+        lines += _group_lines(loader, path)
+    return lines
+
+
+def _help(argv: Sequence[str]) -> int:
+    """``--help``, rendered from the same template Hydra uses (``hydra/help``). Hydra's
+    own renderer also walks every ``hydra/*`` group only to drop them, doubling start-up;
+    this lists the application's groups directly."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf, open_dict
+
+    from .config import CONFIG_MODULE
+
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        groups = "\n".join(_group_lines(GlobalHydra.instance().config_loader()))
+        cfg = compose(config_name="config", overrides=_overrides(argv), return_hydra_config=True)
+    help_cfg = OmegaConf.to_container(cfg.hydra.help, resolve=False)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    text = (
+        str(help_cfg["template"])
+        .replace("${hydra.help.header}", str(help_cfg["header"]))
+        .replace("${hydra.help.footer}", str(help_cfg["footer"]))
+        .replace("$APP_CONFIG_GROUPS", groups)
+        .replace("$CONFIG", OmegaConf.to_yaml(cfg))
+    )
+    print(text)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
@@ -146,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         prepare_hydra()
         check_choices(_overrides(argv))
+        if "--help" in argv or "-h" in argv:
+            return _help(argv)
     except PlugstackError as exc:
         return _fail(str(exc))
     return _run_hydra(argv)
