@@ -104,13 +104,13 @@ def execute(cfg: DictConfig, *, registry: Registry | None = None, stdout=None) -
             error = exc
             raise
         finally:
-            registry.notify("plugstack_run_end", ctx=ctx, exit_code=code if error is None else 1, error=error)
+            registry.notify("plugstack_run_end", ctx=ctx, exit_code=_exit_code(code, error), error=error)
     except PlugstackError as exc:
-        code = 2
+        code = _exit_code(code, exc)
         log.error("run.failed", error=str(exc), error_type=type(exc).__name__)
         print(f"plugstack: error: {exc}", file=sys.stderr)
-    except KeyboardInterrupt:
-        code = 130
+    except KeyboardInterrupt as exc:
+        code = _exit_code(code, exc)
         log.warning("run.interrupted")
     finally:
         if ctx is not None:
@@ -118,6 +118,16 @@ def execute(cfg: DictConfig, *, registry: Registry | None = None, stdout=None) -
         _write_run_record(output_dir, cfg, run_id, code, time.time() - started)
     log.info("run.end", exit_code=code, seconds=round(time.time() - started, 3))
     return code
+
+
+def _exit_code(code: int, error: BaseException | None) -> int:
+    """The process exit code for a run that returned ``code`` or raised ``error``:
+    2 for a user-facing error, 130 for Ctrl-C, 1 for a bug."""
+    if error is None:
+        return code
+    if isinstance(error, PlugstackError):
+        return 2
+    return 130 if isinstance(error, KeyboardInterrupt) else 1
 
 
 def _write_run_record(output_dir: Path, cfg: DictConfig, run_id: str, code: int, seconds: float) -> None:

@@ -165,14 +165,16 @@ def test_console_logging_is_human_readable(tiny_model_dir, tmp_path):
     assert "run_id=" in line and "app=describe" in line and not line.startswith("{")
 
 
-def test_multirun_over_two_backends(tiny_model_dir, tmp_path):
-    result = plugstack("--multirun", "app=describe", "backend=cpu,pinned-cpu", "model=llama",
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]],
+                         ids=["basic-launcher", "joblib-launcher"])
+def test_multirun_over_two_backends(tiny_model_dir, tmp_path, launcher):
+    result = plugstack("--multirun", *launcher, "app=describe", "backend=cpu,pinned-cpu", "model=llama",
                        f"model.path={tiny_model_dir}", env={"PLUGSTACK_OUTPUTS": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     records = [json.loads(p.read_text()) for p in sorted(tmp_path.rglob("run.json"))]
     assert sorted(r["choices"]["backend"] for r in records) == ["cpu", "pinned-cpu"]
     assert all(r["exit_code"] == 0 for r in records)
-    assert "Launching 2 jobs" in result.stderr  # Hydra's own messages stay on stderr
+    assert "[HYDRA]" in result.stderr and "[HYDRA]" not in result.stdout  # Hydra's messages: stderr
 
 
 def test_unavailable_backend_is_a_clear_error(tiny_model_dir, tmp_path):
@@ -181,3 +183,11 @@ def test_unavailable_backend_is_a_clear_error(tiny_model_dir, tmp_path):
     assert result.returncode == 2
     assert "Backend 'cuda' is not available here" in result.stderr
     assert "Available backends:" in result.stderr and "cpu" in result.stderr
+
+
+def test_shell_completion_offers_group_choices():
+    script = plugstack("-sc", "install=bash")
+    assert script.returncode == 0 and "complete" in script.stdout
+    query = plugstack("-sc", "query=bash", env={"COMP_LINE": "plugstack backend="})
+    assert query.returncode == 0
+    assert {"backend=cpu", "backend=onnx", "backend=pinned-cpu"} <= set(query.stdout.split())

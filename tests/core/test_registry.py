@@ -167,3 +167,55 @@ def test_builtins_are_discovered_through_entry_points():
     assert "generate" in reg.names("app")
     assert reg.plugins["onnx"].distribution == "plugstack"
     assert all(p.status == "ok" for p in reg.plugins.values()), [p.as_dict() for p in reg.plugins.values()]
+
+
+MODEL_PLUGIN = """
+from dataclasses import dataclass
+from plugstack import hookimpl
+
+@dataclass
+class ToyModelConfig:
+    name: str = "toy"
+    width: int = 8
+
+@hookimpl
+def plugstack_register_models(register):
+    register("toy", lambda cfg: ("toy model", cfg.width), config=ToyModelConfig, aliases=["toy-v1"])
+"""
+
+
+def test_model_registration_with_config_schema(plugin_dir):
+    reg = Registry(entry_points=[plugin_dir("toy_model", MODEL_PLUGIN)], strict=False, disabled=())
+    entry = reg.get("model", "toy-v1")
+    assert entry.name == "toy" and entry.default_config().width == 8
+    assert entry.create() == ("toy model", 8)
+    reg.store_schemas()
+    from hydra.core.config_store import ConfigStore
+
+    assert "plugstack_model_toy.yaml" in ConfigStore.instance().list("")
+
+
+def test_run_lifecycle_hooks_see_every_run(plugin_dir, tiny_model_dir):
+    """An observer plugin gets run_start and run_end with the exit code, even when the
+    application fails, and a failing observer does not break the run."""
+    from plugstack.config import compose
+    from plugstack.run import execute
+
+    source = OBSERVER.replace("raise ValueError(\"observer bug\")", "seen.append(('start', ctx.run_id))")
+    source = source.replace("seen.append(exit_code)", "seen.append(('end', exit_code, type(error).__name__))")
+    reg = Registry(strict=False, disabled=())
+    import importlib
+
+    plugin_dir("lifecycle_observer", source)
+    observer = importlib.import_module("lifecycle_observer")
+    reg.register_plugin(observer, "lifecycle_observer")
+    cfg = compose(["app=describe", "backend=cpu", "model=llama", f"model.path={tiny_model_dir}"])
+    import io
+
+    assert execute(cfg, registry=reg, stdout=io.StringIO()) == 0
+    bad = compose(["app=describe", "backend=cpu", "model=llama", "model.path=/nonexistent/model.gguf"])
+    assert execute(bad, registry=reg, stdout=io.StringIO()) == 2
+    kinds = [s[0] for s in observer.seen]
+    assert kinds == ["start", "end", "start", "end"]
+    assert observer.seen[1][1:] == (0, "NoneType")
+    assert observer.seen[3][1:] == (2, "ModelLoadError")

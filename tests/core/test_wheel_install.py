@@ -64,8 +64,10 @@ def test_wheel_cli_runs_from_the_fresh_env(fresh_env, tmp_path):
 def test_example_plugin_install_use_uninstall(fresh_env, tiny_model_dir, tmp_path):
     bin_ = fresh_env / "bin"
     env = {**os.environ, "PLUGSTACK_OUTPUTS": str(tmp_path / "outputs")}
-    run(bin_ / "python", "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-        ROOT / "examples" / "plugstack-example", cwd=tmp_path)
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist",
+        ROOT / "examples" / "plugstack-example")
+    (wheel,) = (tmp_path / "dist").glob("plugstack_example-*.whl")
+    run(bin_ / "python", "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel, cwd=tmp_path)
     plugins = {p["name"]: p for p in json.loads(run(bin_ / "plugstack", "plugins", "--json", cwd=tmp_path).stdout)}
     assert plugins["example"]["status"] == "ok"
     help_text = run(bin_ / "plugstack", "--help", cwd=tmp_path).stdout
