@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .model import Model
     from .signature import StepSignature
 
-__all__ = ["Availability", "DeviceInfo", "Backend", "Runner", "StepOutput"]
+__all__ = ["Availability", "Backend", "DeviceInfo", "Runner", "StepOutput"]
 
 
 @dataclass
@@ -74,7 +74,7 @@ class Runner(ABC):
         """How many positions ``state`` holds along the signature's ``state_axis``."""
         raise NotImplementedError
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release sessions, device memory, threads. Safe to call twice."""
 
 

@@ -17,7 +17,7 @@ from omegaconf import MISSING
 
 from .errors import ConfigError, suggestion_text
 
-__all__ = ["CONFIG_MODULE", "GROUPS", "LogConfig", "PlugstackConfig", "prepare_hydra", "compose", "check_choices"]
+__all__ = ["CONFIG_MODULE", "GROUPS", "LogConfig", "PlugstackConfig", "check_choices", "compose", "prepare_hydra"]
 
 CONFIG_MODULE = "plugstack.conf"
 GROUPS = ("backend", "model", "app")

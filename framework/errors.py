@@ -10,15 +10,15 @@ import difflib
 from collections.abc import Iterable
 
 __all__ = [
-    "PlugstackError",
-    "PluginError",
-    "UnknownPluginError",
-    "DuplicatePluginError",
-    "ConfigError",
     "BackendUnavailableError",
-    "UnsupportedOptionError",
-    "ModelLoadError",
+    "ConfigError",
+    "DuplicatePluginError",
     "GenerationError",
+    "ModelLoadError",
+    "PluginError",
+    "PlugstackError",
+    "UnknownPluginError",
+    "UnsupportedOptionError",
     "close_matches",
 ]
 

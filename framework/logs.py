@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-__all__ = ["configure", "bind_run", "FORMATS", "LEVELS"]
+__all__ = ["FORMATS", "LEVELS", "bind_run", "configure"]
 
 FORMATS = ("console", "json")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

@@ -11,7 +11,7 @@ from .signature import StepSignature
 if TYPE_CHECKING:  # heavy imports only for type checkers
     import torch
 
-__all__ = ["Tokenizer", "Model"]
+__all__ = ["Model", "Tokenizer"]
 
 
 @runtime_checkable

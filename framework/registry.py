@@ -220,7 +220,8 @@ class Registry:
             if owner is not None and not override:
                 raise DuplicatePluginError(entry.kind, key, owner.plugin, entry.plugin)
         if override and entry.name in table:
-            log.info("plugin.override", kind=entry.kind, name=entry.name, old=table[entry.name].plugin, new=entry.plugin)
+            old = table[entry.name].plugin
+            log.info("plugin.override", kind=entry.kind, name=entry.name, old=old, new=entry.plugin)
         table[entry.name] = entry
         for alias in entry.aliases:
             aliases[alias] = entry.name

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["TensorSpec", "StepSignature"]
+__all__ = ["StepSignature", "TensorSpec"]
 
 #: dtype name used for tensors that follow the model's compute dtype (fp32, bf16, fp16).
 FLOAT = "float"

@@ -17,9 +17,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from plugstack.signature import FLOAT, StepSignature, TensorSpec
+from torch import nn
 
 
 @dataclass
@@ -159,7 +158,7 @@ class Llama(nn.Module):
             self.lm_head.weight = nn.Parameter(self.embed_tokens.weight.detach().clone())
 
     def forward(self, input_ids, position_ids, attention_mask, *past):
-        b, t = input_ids.shape
+        t = input_ids.shape[1]
         x = self.embed_tokens(input_ids)
         cos, sin = self.rotary(position_ids, x.dtype)
         mask = causal_mask(attention_mask, t)

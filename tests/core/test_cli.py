@@ -161,7 +161,7 @@ def test_console_logging_is_human_readable(tiny_model_dir, tmp_path):
     result = plugstack("app=describe", "backend=cpu", "model=llama", f"model.path={tiny_model_dir}",
                        env={"PLUGSTACK_OUTPUTS": str(tmp_path)})
     assert result.returncode == 0, result.stderr
-    line = next(l for l in result.stderr.splitlines() if "run.start" in l)
+    line = next(x for x in result.stderr.splitlines() if "run.start" in x)
     assert "run_id=" in line and "app=describe" in line and not line.startswith("{")
 
 

@@ -7,9 +7,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import structlog
-
 import plugstack
+import structlog
 from plugstack import Availability, DeviceInfo, Runner, StepOutput, UnsupportedOptionError
 
 log = structlog.get_logger("plugstack_example.backend")
@@ -70,7 +69,6 @@ class PinnedCpuBackend(plugstack.Backend):
         import copy
 
         import torch
-
         from plugstack.backends.eager import EagerRunner
 
         dtype = self.cfg.dtype if self.cfg is not None else "fp32"
