@@ -43,7 +43,7 @@ class TimedRunner(Runner):
 
 
 class PinnedCpuBackend(plugstack.Backend):
-    capabilities = frozenset({"inference", "batch"})
+    capabilities = frozenset({"inference", "batch", "dtype:bf16"})
 
     def _cores(self) -> list[int]:
         cores = list(self.cfg.cores) if self.cfg is not None else []

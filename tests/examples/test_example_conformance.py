@@ -1,0 +1,29 @@
+"""The example third-party backend passes the same conformance kit as the built-ins."""
+
+from __future__ import annotations
+
+import pytest
+from plugstack_example.backend import PinnedCpuBackend
+from plugstack_example.plugin import PinnedCpuConfig
+
+from plugstack.testing import BackendConformance
+
+
+def make_pinned(**overrides) -> PinnedCpuBackend:
+    return PinnedCpuBackend(PinnedCpuConfig(**overrides))
+
+
+class TestPinnedCpu(BackendConformance):
+    reduced_precision_atol = {"bf16": 3e-2}
+
+    @pytest.fixture
+    def backend(self):
+        return make_pinned()
+
+    @pytest.fixture
+    def make_backend(self):
+        return make_pinned
+
+    @pytest.fixture
+    def unsupported_options(self):
+        return [{"dtype": "fp16"}, {"cores": [4096]}]
