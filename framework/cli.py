@@ -64,8 +64,13 @@ def _backends(args: argparse.Namespace) -> int:
             row["available"], row["reason"] = availability.available, availability.reason
             if availability.device is not None:
                 d = availability.device
-                row["device"] = {"name": d.name, "memory_bytes": d.memory_bytes, "threads": d.threads,
-                                 "dtypes": list(d.dtypes), **({"extra": d.extra} if d.extra else {})}
+                row["device"] = {
+                    "name": d.name,
+                    "memory_bytes": d.memory_bytes,
+                    "threads": d.threads,
+                    "dtypes": list(d.dtypes),
+                    **({"extra": d.extra} if d.extra else {}),
+                }
         except Exception as exc:  # a broken backend is reported, not fatal
             row["reason"] = f"probe failed: {type(exc).__name__}: {exc}"
         rows.append(row)
@@ -82,8 +87,14 @@ def _backends(args: argparse.Namespace) -> int:
         d = row["device"] or {}
         mem = f"{d['memory_bytes'] / 2**30:.1f} GiB" if d.get("memory_bytes") else "-"
         details = row["reason"] or ", ".join(f"{k}={v}" for k, v in (d.get("extra") or {}).items())
-        table.add_row(row["name"], "[green]yes[/]" if row["available"] else "[red]no[/]",
-                      d.get("name", "-"), mem, ", ".join(d.get("dtypes", [])) or "-", details)
+        table.add_row(
+            row["name"],
+            "[green]yes[/]" if row["available"] else "[red]no[/]",
+            d.get("name", "-"),
+            mem,
+            ", ".join(d.get("dtypes", [])) or "-",
+            details,
+        )
     Console(soft_wrap=False).print(table)
     return 0
 

@@ -31,9 +31,7 @@ class Tokenizer(Protocol):
         """Text of ``ids``; may end in U+FFFD where a multi-byte character is cut."""
         ...
 
-    def apply_chat_template(
-        self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True
-    ) -> str:
+    def apply_chat_template(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
         """Render ``messages`` with the model's (sandboxed) chat template."""
         ...
 

@@ -236,8 +236,13 @@ class Registry:
         record.status, record.error = "broken", message
         if self.strict:
             raise PluginError(f"Plugin {record.name!r} ({record.module}) is broken: {message}") from exc
-        log.warning("plugin.broken", plugin=record.name, module=record.module, error=message,
-                    hint=f"fix or uninstall it, or set {DISABLE_ENV}={record.name}")
+        log.warning(
+            "plugin.broken",
+            plugin=record.name,
+            module=record.module,
+            error=message,
+            hint=f"fix or uninstall it, or set {DISABLE_ENV}={record.name}",
+        )
 
     # -- lookup ----------------------------------------------------------------------
 
@@ -290,8 +295,9 @@ class Registry:
             except Exception as exc:
                 if self.strict:
                     raise PluginError(f"Plugin {impl.plugin_name!r} failed in {hook_name}: {exc}") from exc
-                log.warning("plugin.hook_failed", plugin=impl.plugin_name, hook=hook_name,
-                            error=f"{type(exc).__name__}: {exc}")
+                log.warning(
+                    "plugin.hook_failed", plugin=impl.plugin_name, hook=hook_name, error=f"{type(exc).__name__}: {exc}"
+                )
 
     def store_schemas(self) -> None:
         """Put every plugin's config dataclass into Hydra's ConfigStore (root level)."""

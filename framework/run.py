@@ -1,9 +1,9 @@
 """One run: from a composed config to an application's exit code.
 
-    config --registry--> app, model and backend entries (by ``name`` in each group)
-    model entry(cfg.model)      -> Model     (on first use of ctx.model)
-    backend entry(cfg.backend)  -> Backend   -> .prepare(model) -> Runner (ctx.runner)
-    app entry(cfg.app).run(ctx) -> exit code
+config --registry--> app, model and backend entries (by ``name`` in each group)
+model entry(cfg.model)      -> Model     (on first use of ctx.model)
+backend entry(cfg.backend)  -> Backend   -> .prepare(model) -> Runner (ctx.runner)
+app entry(cfg.app).run(ctx) -> exit code
 """
 
 from __future__ import annotations
@@ -72,8 +72,10 @@ def execute(cfg: DictConfig, *, registry: Registry | None = None, stdout=None) -
     """Run the application ``cfg`` selects; return its exit code (errors are logged and
     printed to stderr as one clear line, never raised)."""
     registry = registry or get_registry()
-    logs.configure(str(cfg.log.format.value if hasattr(cfg.log.format, "value") else cfg.log.format),
-                   str(cfg.log.level.value if hasattr(cfg.log.level, "value") else cfg.log.level))
+    logs.configure(
+        str(cfg.log.format.value if hasattr(cfg.log.format, "value") else cfg.log.format),
+        str(cfg.log.level.value if hasattr(cfg.log.level, "value") else cfg.log.level),
+    )
     run_id = uuid.uuid4().hex[:12]
     names = {g: str(cfg[g].name) for g in ("app", "model", "backend")}
     logs.bind_run(run_id=run_id, **names)
