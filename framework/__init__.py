@@ -17,8 +17,10 @@ from .errors import (
     UnknownPluginError,
     UnsupportedOptionError,
 )
+from .generation import GenerationResult, generate, generate_ids, stream
 from .hookspecs import Register, hookimpl
 from .model import Model, Tokenizer
+from .sampling import SamplingParams
 from .signature import StepSignature, TensorSpec
 
 __version__ = "0.1.0"
@@ -32,6 +34,7 @@ __all__ = [
     "DeviceInfo",
     "DuplicatePluginError",
     "GenerationError",
+    "GenerationResult",
     "Model",
     "ModelLoadError",
     "PluginError",
@@ -39,11 +42,15 @@ __all__ = [
     "Register",
     "RunContext",
     "Runner",
+    "SamplingParams",
     "StepOutput",
     "StepSignature",
     "TensorSpec",
     "Tokenizer",
     "UnknownPluginError",
     "UnsupportedOptionError",
+    "generate",
+    "generate_ids",
     "hookimpl",
+    "stream",
 ]
