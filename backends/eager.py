@@ -10,19 +10,25 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-
 from plugstack.backend import Runner, StepOutput
+from plugstack.errors import UnsupportedOptionError
 from plugstack.signature import FLOAT, StepSignature
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class EagerRunner(Runner):
-    """Calls ``module(*inputs)`` in inference mode on one torch device."""
+    """Calls ``module(*inputs)`` in inference mode on one torch device.
+
+    ``module`` is moved/cast in place (``nn.Module.to``) and put in eval mode: pass a copy
+    when the caller's module must keep its device and dtype (the backends do).
+    """
 
     def __init__(
         self, module: torch.nn.Module, signature: StepSignature, *, device: str = "cpu", dtype: str = "fp32"
     ) -> None:
+        if dtype not in DTYPES:
+            raise UnsupportedOptionError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
         self.signature = signature
         self.dtype = dtype
         self.device = torch.device(device)
@@ -38,9 +44,7 @@ class EagerRunner(Runner):
         state = []
         for name in self.signature.state_inputs:
             spec = self.signature.spec(name)
-            shape = [
-                batch_size if d == "batch" else 0 if d == self.signature.state_axis else d for d in spec.shape
-            ]
+            shape = [batch_size if d == "batch" else 0 if d == self.signature.state_axis else d for d in spec.shape]
             if any(isinstance(d, str) for d in shape):
                 raise ValueError(f"cannot size state tensor {name!r}: unknown dim in {spec.shape}")
             state.append(torch.zeros(shape, dtype=self._dtype_of(spec.dtype), device=self.device))
@@ -65,15 +69,13 @@ class EagerRunner(Runner):
                 try:
                     t = inputs[name]
                 except KeyError:
-                    raise KeyError(
-                        f"missing input {name!r}; this step needs {self.signature.feed_inputs}"
-                    ) from None
+                    raise KeyError(f"missing input {name!r}; this step needs {self.signature.feed_inputs}") from None
                 args.append(t.to(self.device))
         results = self.module(*args)
         outputs = {}
         next_state = [None] * len(self._state_index)
         state_out = {o: self._state_index[i] for i, o in self.signature.state}
-        for name, value in zip(self.signature.output_names, results):
+        for name, value in zip(self.signature.output_names, results, strict=True):
             if name in state_out:
                 next_state[state_out[name]] = value
             else:

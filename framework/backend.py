@@ -68,7 +68,10 @@ class Runner(ABC):
     @abstractmethod
     def run(self, inputs: Mapping[str, torch.Tensor], state: Any = None) -> StepOutput:
         """Run one step on the non-state inputs; ``state`` comes from ``new_state`` or the
-        previous ``run``. Returns outputs on the CPU as torch tensors, and the next state."""
+        previous ``run``. Returns outputs on the CPU as torch tensors, and the next state.
+
+        A runner may update ``state`` in place (preallocated KV buffers): always continue
+        with the returned state and never reuse one already passed to ``run``."""
 
     def state_length(self, state: Any) -> int:
         """How many positions ``state`` holds along the signature's ``state_axis``."""
