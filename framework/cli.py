@@ -81,21 +81,21 @@ def _backends(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title="plugstack backends")
-    for column in ("backend", "available", "device", "memory", "dtypes", "details"):
+    for column in ("backend", "available", "device", "memory", "threads", "dtypes"):
         table.add_column(column, overflow="fold")
+    notes = []
     for row in rows:
         d = row["device"] or {}
         mem = f"{d['memory_bytes'] / 2**30:.1f} GiB" if d.get("memory_bytes") else "-"
-        details = row["reason"] or ", ".join(f"{k}={v}" for k, v in (d.get("extra") or {}).items())
-        table.add_row(
-            row["name"],
-            "[green]yes[/]" if row["available"] else "[red]no[/]",
-            d.get("name", "-"),
-            mem,
-            ", ".join(d.get("dtypes", [])) or "-",
-            details,
-        )
-    Console(soft_wrap=False).print(table)
+        table.add_row(row["name"], "[green]yes[/]" if row["available"] else "[red]no[/]", d.get("name", "-"),
+                      mem, str(d.get("threads") or "-"), ", ".join(d.get("dtypes", [])) or "-")
+        details = row["reason"] or "; ".join(f"{k}={v}" for k, v in (d.get("extra") or {}).items())
+        if details:
+            notes.append(f"[bold]{row['name']}[/]: {details}")
+    console = Console()
+    console.print(table)
+    for note in notes:
+        console.print(note, highlight=False)
     return 0
 
 
