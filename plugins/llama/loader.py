@@ -1,0 +1,194 @@
+"""``load(cfg) -> Model``: the llama plugin's model factory.
+
+Picks the weights (``cfg.path`` or a known ``cfg.source``), reads them as GGUF or as a
+Hugging Face directory, checks every tensor's name and shape against the ``Llama``
+module, and hands back a :class:`plugstack.Model` (fp32, eval mode) with its tokenizer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from plugstack.errors import ModelLoadError
+from plugstack.model import Model
+
+from .weights import known_path, sha256_of
+
+__all__ = ["load", "load_path"]
+
+log = structlog.get_logger("plugstack.model")
+
+
+def load(cfg: Any) -> Model:
+    """The model described by a ``model`` config group (:class:`LlamaModelConfig` fields)."""
+    path = getattr(cfg, "path", None)
+    source = getattr(cfg, "source", None)
+    if path:
+        target = Path(str(path)).expanduser()
+    elif source:
+        target = known_path(str(source))
+    else:
+        raise ModelLoadError(
+            "No weights given: set model.path=/path/to/model.gguf (or a Hugging Face directory), "
+            "or model.source=smollm2 for the default model."
+        )
+    return load_path(target, context_length=getattr(cfg, "context_length", None), name=getattr(cfg, "name", "llama"))
+
+
+def load_path(path: str | Path, *, context_length: int | None = None, name: str = "llama") -> Model:
+    """Load a ``.gguf`` file or a Hugging Face model directory."""
+    t0 = time.perf_counter()
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"Model path {path} does not exist. Check model.path (a .gguf file or a model directory).")
+    if path.is_dir():
+        module_cfg, tensors, tokenizer, files, extra = _read_hf(path)
+    else:
+        module_cfg, tensors, tokenizer, files, extra = _read_gguf(path)
+    t_read = time.perf_counter()
+
+    if context_length is not None:
+        if context_length < 1:
+            raise ModelLoadError(f"model.context_length must be positive, got {context_length}.")
+        module_cfg.context_length = min(module_cfg.context_length, int(context_length))
+    module = _build_module(module_cfg, tensors, path)
+    t_build = time.perf_counter()
+
+    digest = sha256_of(files[0]) if len(files) == 1 else _combined_digest(files)
+    from .model import param_count
+
+    seconds = time.perf_counter() - t0
+    info = {
+        "hparams": module_cfg.to_dict(),
+        "params": param_count(module),
+        "load_seconds": round(seconds, 3),
+        "read_seconds": round(t_read - t0, 3),
+        **extra,
+    }
+    log.info(
+        "model.load.done", path=str(path), seconds=round(seconds, 2), params=info["params"],
+        layers=module_cfg.num_layers, vocab=module_cfg.vocab_size, tensor_types=extra.get("tensor_types"),
+        build_seconds=round(t_build - t_read, 2),
+    )  # fmt: skip
+    return Model(
+        name=name,
+        kind="decoder",
+        module=module,
+        signature=module.signature(),
+        example_inputs=module.example_inputs,
+        tokenizer=tokenizer,
+        context_length=module_cfg.context_length,
+        weights_digest=digest,
+        source=str(path),
+        info=info,
+    )
+
+
+def _combined_digest(files: list[Path]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + sha256_of(f).encode() + b"\n")
+    return h.hexdigest()
+
+
+def _read_gguf(path: Path):
+    import torch
+
+    from .gguf_loader import read_gguf
+    from .model import LlamaConfig
+    from .tokenizer import from_gguf_metadata
+
+    contents = read_gguf(path)
+    module_cfg = LlamaConfig(**contents.hparams)
+    tokenizer = from_gguf_metadata(contents.tokenizer, source=str(path))
+    arrays = contents.load_state_dict()
+    tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    types = Counter(t for _, t, _ in contents.tensors.values())
+    extra = {
+        "format": "gguf",
+        "architecture": contents.architecture,
+        "tensor_types": dict(types),
+        "file_name": contents.metadata.get("general.name"),
+    }
+    return module_cfg, tensors, tokenizer, [path], extra
+
+
+def _read_hf(path: Path):
+    from .hf_loader import load_hf_state_dict, read_hf_config, weight_files
+    from .model import LlamaConfig
+    from .tokenizer import from_hf_dir
+
+    raw, hparams = read_hf_config(path)
+    module_cfg = LlamaConfig(**hparams)
+    files = weight_files(path)
+    tensors, dtypes = load_hf_state_dict(files)
+    tokenizer = from_hf_dir(path, raw)
+    extra = {"format": "safetensors", "architecture": raw.get("model_type"), "tensor_types": dtypes}
+    return module_cfg, tensors, tokenizer, files, extra
+
+
+@contextmanager
+def _no_init():
+    """Make ``torch.nn.init`` a no-op while the module is built, as transformers'
+    ``no_init_weights`` does: the parameters are ``torch.empty`` (pages never touched)
+    and replaced by the loaded tensors right after. (Building on the meta device instead
+    costs ~3 s on first use: meta ``normal_`` imports torch._dynamo.) Not thread-safe:
+    a module initialised by another thread meanwhile would stay uninitialised."""
+    import torch
+
+    names = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "trunc_normal_", "xavier_uniform_",
+             "xavier_normal_", "zeros_", "ones_", "constant_")  # fmt: skip
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    for n in names:
+        setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(torch.nn.init, n, fn)
+
+
+def _build_module(cfg, tensors: dict[str, Any], path: Path):
+    """A ``Llama`` whose parameters are exactly ``tensors`` (checked by name and shape)."""
+    from .model import Llama
+
+    with _no_init():
+        module = Llama(cfg)
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    if cfg.tie_embeddings:
+        tensors.pop("lm_head.weight", None)  # some tied checkpoints still store a copy
+        expected.pop("lm_head.weight")
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise ModelLoadError(
+            f"{path}: tensor(s) {', '.join(missing[:5])}{more} are missing for a {cfg.num_layers}-layer model "
+            f"(from the file's hyper-parameters). The file is incomplete or not a Llama-family checkpoint."
+        )
+    unexpected = sorted(set(tensors) - set(expected))
+    if unexpected:
+        raise ModelLoadError(
+            f"{path}: tensor(s) {', '.join(unexpected[:5])} have no place in the Llama module; "
+            f"the checkpoint is a variant the llama plugin does not support."
+        )
+    for key, shape in expected.items():
+        got = tuple(tensors[key].shape)
+        if got != shape:
+            raise ModelLoadError(
+                f"{path}: tensor {key!r} has shape {list(got)}, expected {list(shape)} from the file's "
+                f"hyper-parameters. The file is inconsistent; convert it again."
+            )
+    if cfg.tie_embeddings:
+        tensors["lm_head.weight"] = tensors["embed_tokens.weight"]
+    module.load_state_dict(tensors, strict=True, assign=True)
+    if cfg.tie_embeddings:
+        module.lm_head.weight = module.embed_tokens.weight
+    return module.eval()
