@@ -255,18 +255,26 @@ class BackendConformance:
         assert runner.state_length(runner.new_state(3)) == 0
 
     @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
-    def test_reduced_precision_close_to_fp32(
+    def test_reduced_precision_close_to_fp32_or_refused(
         self,
         dtype: str,
         capabilities: set[str],
         make_backend: Any,
+        backend: Backend,
         model: Model,
         reference: Runner,
-        available: Availability,
     ) -> None:
-        self._need(capabilities, f"dtype:{dtype}")
+        """A claimed dtype (``dtype:<name>`` capability) runs close to fp32; one the backend
+        does not claim is refused with UnsupportedOptionError instead of running wrongly."""
         if make_backend is None:
             pytest.skip("needs the `make_backend` fixture to configure dtype")
+        if f"dtype:{dtype}" not in capabilities:
+            with pytest.raises(UnsupportedOptionError):
+                make_backend(dtype=dtype).prepare(copy.deepcopy(model))
+            return
+        availability = backend.probe()
+        if not availability.available:
+            pytest.skip(f"backend unavailable on this machine: {availability.reason}")
         runner = make_backend(dtype=dtype).prepare(model)
         try:
             assert runner.dtype == dtype, f"runner reports dtype {runner.dtype!r}, asked for {dtype!r}"

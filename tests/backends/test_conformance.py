@@ -43,6 +43,14 @@ class TestCpuBf16(BackendConformance):
     def backend(self):
         return make_cpu(dtype="bf16")
 
+    @pytest.fixture
+    def make_backend(self):
+        return make_cpu
+
+    @pytest.fixture
+    def unsupported_options(self):
+        return [{"dtype": "fp16"}, {"quantize": "int8", "dtype": "bf16"}]
+
 
 class TestCpuInt8(BackendConformance):
     # Dynamic int8 on every Linear: ~1e-2 logit error on the tiny model (logit spread ~0.2).
@@ -56,6 +64,14 @@ class TestCpuInt8(BackendConformance):
     @pytest.fixture
     def capabilities(self):
         return {"inference", "batch"}  # int8 computes in fp32: no dtype variants
+
+    @pytest.fixture
+    def make_backend(self):
+        return lambda **overrides: make_cpu(quantize="int8", **overrides)
+
+    @pytest.fixture
+    def unsupported_options(self):
+        return [{"dtype": "bf16"}, {"dtype": "fp16"}]
 
 
 class StaticCacheCpuBackend(Backend):
