@@ -1,0 +1,142 @@
+"""Options of the ``onnx`` backend (the ``backend=onnx`` config group).
+
+A light module: a plain dataclass plus the checks that turn a bad value into an
+:class:`~plugstack.errors.UnsupportedOptionError` naming the valid ones. No onnxruntime here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from plugstack.errors import UnsupportedOptionError
+
+#: Execution providers ONNX Runtime knows by name. Whether one is *available* depends on
+#: the installed onnxruntime distribution and the hardware: see ``OnnxBackend.probe``.
+KNOWN_PROVIDERS = (
+    "CPUExecutionProvider",
+    "CUDAExecutionProvider",
+    "TensorrtExecutionProvider",
+    "ROCMExecutionProvider",
+    "MIGraphXExecutionProvider",
+    "DmlExecutionProvider",
+    "CoreMLExecutionProvider",
+    "OpenVINOExecutionProvider",
+    "QNNExecutionProvider",
+    "XnnpackExecutionProvider",
+    "WebGpuExecutionProvider",
+)
+GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
+#: ``None`` keeps fp32/fp16 weights; the others are weight-only block quantisation
+#: (ONNX Runtime's MatMulNBits), see ``quantize.py`` for why and for measured quality.
+QUANTIZE_CHOICES = (None, "int8", "int4")
+DTYPES = ("fp32", "fp16")
+#: How the step graph is made: ``export`` (torch.onnx dynamo export, any model), ``fused``
+#: (built from the weights with ONNX Runtime's fused operators; plugstack's Llama only),
+#: ``auto`` (fused where supported, else export).
+GRAPHS = ("auto", "export", "fused")
+#: Opsets the exporter is tested with. 23 has the standard RMSNormalization/Attention ops.
+MIN_OPSET, MAX_OPSET = 18, 23
+
+
+@dataclass
+class OnnxBackendConfig:
+    """Options of the ONNX Runtime backend."""
+
+    name: str = "onnx"
+    #: Intra-op threads; 0 lets ONNX Runtime choose (one per physical core).
+    threads: int = 2
+    #: Execution providers in order of preference, e.g. ``[CUDAExecutionProvider, CPUExecutionProvider]``.
+    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    #: ONNX Runtime graph optimisation level: disable | basic | extended | all.
+    graph_optimization: str = "all"
+    #: Weight quantisation of the exported graph: null (none) | int8 | int4.
+    quantize: Optional[str] = None
+    #: Compute dtype of the exported graph: fp32, or fp16 with the CUDA provider only.
+    dtype: str = "fp32"
+    #: How the graph is made: auto | export | fused (see GRAPHS).
+    graph: str = "auto"
+    #: ONNX opset of the export.
+    opset: int = 23
+    #: Where exported graphs are cached; null = $PLUGSTACK_HOME/onnx or the user cache dir.
+    cache_dir: Optional[str] = None
+    #: Compare the freshly built graph with the eager module once, before caching it.
+    verify: bool = True
+    #: Max |difference| / max(1, |value|) allowed by that comparison for fp32 graphs.
+    tolerance: float = 1e-4
+
+
+def _get(cfg: Any, key: str, default: Any) -> Any:
+    """Read an option from a dataclass, a DictConfig or None (falling back to the default)."""
+    if cfg is None:
+        return default
+    value = getattr(cfg, key, default)
+    # A null in YAML means "default" for every option whose default is not itself null.
+    return default if value is None else value
+
+
+def coerce_config(cfg: Any) -> OnnxBackendConfig:
+    """A checked :class:`OnnxBackendConfig` from whatever the core handed us.
+
+    Raises :class:`UnsupportedOptionError` naming the valid values for a bad option.
+    """
+    d = OnnxBackendConfig()
+    out = OnnxBackendConfig(
+        name=str(_get(cfg, "name", d.name)),
+        threads=int(_get(cfg, "threads", d.threads)),
+        providers=[str(p) for p in _get(cfg, "providers", d.providers)],
+        graph_optimization=str(_get(cfg, "graph_optimization", d.graph_optimization)),
+        quantize=_get(cfg, "quantize", d.quantize),
+        dtype=str(_get(cfg, "dtype", d.dtype)),
+        graph=str(_get(cfg, "graph", d.graph)),
+        opset=int(_get(cfg, "opset", d.opset)),
+        cache_dir=_get(cfg, "cache_dir", d.cache_dir),
+        verify=bool(_get(cfg, "verify", d.verify)),
+        tolerance=float(_get(cfg, "tolerance", d.tolerance)),
+    )
+    validate(out)
+    return out
+
+
+def _bad(option: str, value: Any, valid: Any, hint: str = "") -> UnsupportedOptionError:
+    return UnsupportedOptionError(
+        f"backend.{option}={value!r} is not supported by the onnx backend. Valid values: {valid}.{hint}"
+    )
+
+
+def validate(cfg: OnnxBackendConfig) -> None:
+    """Raise :class:`UnsupportedOptionError` for any option the onnx backend cannot honour."""
+    if cfg.threads < 0:
+        raise _bad("threads", cfg.threads, "0 (ONNX Runtime default) or a positive number of threads")
+    if not cfg.providers:
+        raise _bad("providers", cfg.providers, f"a non-empty list of {', '.join(KNOWN_PROVIDERS)}")
+    for p in cfg.providers:
+        if p not in KNOWN_PROVIDERS:
+            from plugstack.errors import suggestion_text
+
+            raise _bad("providers", p, ", ".join(KNOWN_PROVIDERS), suggestion_text(p, KNOWN_PROVIDERS))
+    if cfg.graph_optimization not in GRAPH_OPTIMIZATIONS:
+        raise _bad("graph_optimization", cfg.graph_optimization, ", ".join(GRAPH_OPTIMIZATIONS))
+    if cfg.quantize in ("null", "none", "None", ""):
+        cfg.quantize = None
+    if cfg.quantize not in QUANTIZE_CHOICES:
+        raise _bad("quantize", cfg.quantize, "null, int8, int4")
+    if cfg.dtype not in DTYPES:
+        raise _bad("dtype", cfg.dtype, ", ".join(DTYPES))
+    if cfg.dtype == "fp16" and cfg.providers[0] != "CUDAExecutionProvider":
+        raise _bad(
+            "dtype",
+            cfg.dtype,
+            "fp32 (fp16 only with providers=[CUDAExecutionProvider, ...])",
+            " ONNX Runtime's CPU kernels for fp16 are slow or missing; use fp32 or quantize=int8 on CPU.",
+        )
+    if cfg.quantize is not None and cfg.dtype != "fp32":
+        raise _bad("quantize", cfg.quantize, "null with dtype=fp16", " Quantisation starts from an fp32 graph.")
+    if cfg.graph not in GRAPHS:
+        raise _bad("graph", cfg.graph, ", ".join(GRAPHS))
+    if cfg.graph == "fused" and cfg.dtype != "fp32":
+        raise _bad("dtype", cfg.dtype, "fp32 with graph=fused", " Use graph=export for fp16.")
+    if not MIN_OPSET <= cfg.opset <= MAX_OPSET:
+        raise _bad("opset", cfg.opset, f"{MIN_OPSET}..{MAX_OPSET}")
+    if cfg.tolerance <= 0:
+        raise _bad("tolerance", cfg.tolerance, "a positive float such as 1e-4")

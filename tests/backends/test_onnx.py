@@ -1,0 +1,405 @@
+"""The onnx backend as a user sees it: same numbers as eager, a cache that behaves, clear errors.
+
+Tiny randomly initialised Llamas (2 layers, GQA) keep each export to seconds; one fp32
+export serves this file and test_onnx_conformance.py through a session-wide cache
+directory. Tests about rebuilding use a stand-in exporter that copies a known-good graph,
+so only the two-process test pays for a second real export.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from structlog.testing import capture_logs
+
+from plugstack import Model
+from plugstack.backends.eager import EagerRunner
+from plugstack.backends.onnx import backend as onnx_backend_module
+from plugstack.backends.onnx.backend import OnnxBackend
+from plugstack.backends.onnx.config import OnnxBackendConfig
+from plugstack.errors import BackendUnavailableError, ConfigError, GenerationError, UnsupportedOptionError
+from plugstack.testing import tiny_decoder_model
+
+# -- helpers ------------------------------------------------------------------------------
+
+VOCAB = 128
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def tiny_model(seed: int = 0) -> Model:
+    """The kit's tiny Llama (2 layers, GQA, vocab 128): the same graph the conformance tests
+    export, so one session-wide cache serves both files."""
+    return tiny_decoder_model(seed=seed)
+
+
+def shared_cache(tmp_path_factory) -> Path:
+    """One cache directory for the whole test session (both onnx test files)."""
+    path = tmp_path_factory.getbasetemp() / "onnx-shared-cache"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def onnx_cfg(cache_dir: Path, **kw) -> OnnxBackendConfig:
+    """Cache tests run the generic exported graph (``graph=export``), whose exporter they
+    can stand in for; the fused graph is covered by the correctness tests and the kit."""
+    return OnnxBackendConfig(**{"cache_dir": str(cache_dir), "threads": 1, "graph": "export", **kw})
+
+
+def step_inputs(prompts: list[list[int]], pad: int = 0) -> dict[str, torch.Tensor]:
+    """Left-padded prefill inputs: ids, per-row positions, and a mask that hides the padding."""
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": ids, "position_ids": pos, "attention_mask": mask}
+
+
+def greedy(runner, prompts: list[list[int]], steps: int) -> tuple[list[list[int]], list[torch.Tensor]]:
+    """Greedy decode through the Runner API; returns new tokens per row and logits per step."""
+    feed = step_inputs(prompts)
+    state = runner.new_state(len(prompts))
+    tokens: list[list[int]] = [[] for _ in prompts]
+    all_logits = []
+    for _ in range(steps):
+        out = runner.run(feed, state)
+        state = out.state
+        logits = out.outputs["logits"]
+        all_logits.append(logits)
+        nxt = logits.argmax(-1)
+        for row, t in enumerate(nxt.tolist()):
+            tokens[row].append(t)
+        mask = torch.cat([feed["attention_mask"], torch.ones(len(prompts), 1, dtype=torch.int64)], dim=1)
+        feed = {"input_ids": nxt[:, None], "position_ids": feed["position_ids"][:, -1:] + 1, "attention_mask": mask}
+    return tokens, all_logits
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return shared_cache(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Model:
+    return tiny_model(seed=0)
+
+
+@pytest.fixture(scope="module")
+def fp32_runner(tiny, cache_dir):
+    runner = OnnxBackend(onnx_cfg(cache_dir)).prepare(tiny)
+    yield runner
+    runner.close()
+
+
+@pytest.fixture(scope="module")
+def fused_runner(tiny, cache_dir):
+    runner = OnnxBackend(onnx_cfg(cache_dir, graph="fused")).prepare(tiny)
+    yield runner
+    runner.close()
+
+
+@pytest.fixture(params=["export", "fused"])
+def any_runner(request):
+    """Each way of making the graph: the torch.onnx export and the fused-operator build."""
+    return request.getfixturevalue({"export": "fp32_runner", "fused": "fused_runner"}[request.param])
+
+
+@pytest.fixture(scope="module")
+def eager_runner(tiny):
+    return EagerRunner(copy.deepcopy(tiny.module), tiny.signature)
+
+
+# -- same numbers as eager ------------------------------------------------------------------
+
+
+def test_fp32_logits_match_eager_on_prefill_and_8_decode_steps(any_runner, eager_runner):
+    prompt = [[5, 17, 99, 3, 42, 7]]
+    onnx_tokens, onnx_logits = greedy(any_runner, prompt, steps=9)
+    eager_tokens, eager_logits = greedy(eager_runner, prompt, steps=9)
+    for step, (a, b) in enumerate(zip(onnx_logits, eager_logits)):
+        assert a.shape == (1, VOCAB) and a.dtype == torch.float32
+        assert (a - b).abs().max().item() <= 1e-4, f"step {step}"
+    assert onnx_tokens == eager_tokens
+    assert any_runner.state_length(any_runner.new_state(1)) == 0
+
+
+def test_batch_of_two_with_left_padding_matches_eager_and_single_rows(any_runner, eager_runner):
+    prompts = [[5, 17, 99, 3, 42, 7, 11], [64, 2, 90]]
+    onnx_tokens, onnx_logits = greedy(any_runner, prompts, steps=8)
+    eager_tokens, eager_logits = greedy(eager_runner, prompts, steps=8)
+    for a, b in zip(onnx_logits, eager_logits):
+        assert (a - b).abs().max().item() <= 1e-4
+    assert onnx_tokens == eager_tokens
+    # Padding must not change a row's result: the short prompt alone gives the same logits.
+    alone_tokens, alone_logits = greedy(any_runner, prompts[1:], steps=8)
+    assert alone_tokens[0] == onnx_tokens[1]
+    for a, b in zip(alone_logits, onnx_logits):
+        assert (a[0] - b[1]).abs().max().item() <= 1e-4
+
+
+def test_state_length_grows_with_each_step(any_runner):
+    out = any_runner.run(step_inputs([[1, 2, 3, 4]]), any_runner.new_state(1))
+    assert any_runner.state_length(out.state) == 4
+    nxt = {"input_ids": torch.tensor([[9]]), "position_ids": torch.tensor([[4]]),
+           "attention_mask": torch.ones(1, 5, dtype=torch.int64)}
+    assert any_runner.state_length(any_runner.run(nxt, out.state).state) == 5
+
+
+def test_prepare_leaves_the_users_model_untouched(tiny, cache_dir, fp32_runner, monkeypatch):
+    before = state_digest(tiny.module)
+    monkeypatch.setattr("plugstack.backends.onnx.export.export_step", _no_export)
+    OnnxBackend(onnx_cfg(cache_dir, quantize="int8")).prepare(tiny).close()
+    assert tiny.module.lm_head.weight is tiny.module.embed_tokens.weight  # still tied
+    assert state_digest(tiny.module) == before
+
+
+def test_bad_step_input_is_a_generation_error_not_a_stack_trace(any_runner):
+    bad = step_inputs([[1, 2, 3]])
+    bad["input_ids"] = bad["input_ids"][0]  # a 1-D row where [batch, seq] is expected
+    with pytest.raises(GenerationError, match="input_ids"):
+        any_runner.run(bad, any_runner.new_state(1))
+    with pytest.raises(KeyError, match="position_ids"):
+        any_runner.run({"input_ids": bad["input_ids"], "attention_mask": bad["attention_mask"]})
+
+
+# -- cache ----------------------------------------------------------------------------------
+
+
+def _no_export(*args, **kwargs):
+    raise AssertionError("exported although the graph should have come from the cache")
+
+
+def test_second_prepare_is_a_cache_hit_and_does_not_export(tiny, cache_dir, fp32_runner, monkeypatch):
+    monkeypatch.setattr("plugstack.backends.onnx.export.export_step", _no_export)
+    with capture_logs() as logs:
+        runner = OnnxBackend(onnx_cfg(cache_dir)).prepare(tiny)
+    assert not runner.cache_entry.built
+    assert runner.cache_entry.path == fp32_runner.cache_entry.path
+    assert any(e["event"] == "onnx.cache.hit" for e in logs)
+    feed = step_inputs([[3, 4, 5]])
+    assert torch.equal(runner.run(feed).outputs["logits"], fp32_runner.run(feed).outputs["logits"])
+
+
+class CountingExport:
+    """Stands in for the exporter: copies a known-good graph and counts the calls."""
+
+    def __init__(self, source: Path) -> None:
+        self.source, self.calls = source, 0
+
+    def __call__(self, model, path, **kw) -> float:
+        self.calls += 1
+        shutil.copy(self.source, path)
+        return 0.0
+
+
+def test_changed_weights_are_a_cache_miss(cache_dir, fp32_runner, monkeypatch):
+    export = CountingExport(fp32_runner.cache_entry.model_path)
+    monkeypatch.setattr("plugstack.backends.onnx.export.export_step", export)
+    runner = OnnxBackend(onnx_cfg(cache_dir, verify=False)).prepare(tiny_model(seed=1))
+    assert export.calls == 1 and runner.cache_entry.built
+    assert runner.cache_entry.path != fp32_runner.cache_entry.path
+
+
+@pytest.mark.parametrize("quantize, bits", [("int8", 8), ("int4", 4)])
+def test_quantize_option_is_a_cache_miss_that_reuses_the_fp32_export(
+    tiny, fp32_runner, monkeypatch, tmp_path, quantize, bits
+):
+    import onnx
+
+    private = tmp_path / "cache"  # holds only the fp32 entry, whatever ran before
+    shutil.copytree(fp32_runner.cache_entry.path, private / fp32_runner.cache_entry.path.name)
+    monkeypatch.setattr("plugstack.backends.onnx.export.export_step", _no_export)
+    runner = OnnxBackend(onnx_cfg(private, quantize=quantize)).prepare(tiny)
+    entry = runner.cache_entry
+    assert entry.built and entry.path != fp32_runner.cache_entry.path
+    assert runner.dtype == quantize
+    # Every projection and the head are block-quantised; no float weight matrix is left.
+    graph = onnx.load(str(entry.model_path)).graph
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 7 * 2 + 1
+    assert all(a.i == bits for n in nbits for a in n.attribute if a.name == "bits")
+    assert not [n for n in graph.node if n.op_type in ("MatMul", "Gemm")
+                and any(i.name == n.input[1] for i in graph.initializer)]
+    assert entry.model_path.stat().st_size < 0.6 * fp32_runner.cache_entry.model_path.stat().st_size
+    # Verified on build against eager, within the documented relative bound.
+    verify = entry.manifest["verify"]
+    assert verify["variant"] == quantize and verify["min_cosine"] >= {"int8": 0.98, "int4": 0.5}[quantize]
+    tokens, logits = greedy(runner, [[5, 17, 99, 3]], steps=4)
+    assert len(tokens[0]) == 4 and all(torch.isfinite(x).all() for x in logits)
+
+
+def test_truncated_entry_is_detected_and_rebuilt(tiny, fp32_runner, tmp_path, monkeypatch):
+    private = tmp_path / "cache"
+    name = fp32_runner.cache_entry.path.name
+    shutil.copytree(fp32_runner.cache_entry.path, private / name)
+    model_file = private / name / "model.onnx"
+    size = model_file.stat().st_size
+    with open(model_file, "r+b") as f:
+        f.truncate(size // 2)
+    # The rebuild re-exports and re-verifies; a stand-in exporter keeps this test fast.
+    export = CountingExport(fp32_runner.cache_entry.model_path)
+    monkeypatch.setattr("plugstack.backends.onnx.export.export_step", export)
+    with capture_logs() as logs:
+        runner = OnnxBackend(onnx_cfg(private)).prepare(tiny)
+    assert export.calls == 1 and runner.cache_entry.built
+    corrupt = [e for e in logs if e["event"] == "onnx.cache.corrupt"]
+    assert corrupt and "bytes" in corrupt[0]["reason"] and corrupt[0]["action"] == "rebuild"
+    assert any(e["event"] == "onnx.verify" and e["ok"] for e in logs)
+    assert model_file.stat().st_size == size
+    feed = step_inputs([[3, 4, 5]])
+    assert torch.equal(runner.run(feed).outputs["logits"], fp32_runner.run(feed).outputs["logits"])
+    assert sorted(p.name for p in private.iterdir() if not p.name.endswith(".lock")) == [name]
+    # ...and the next prepare trusts the rebuilt entry again.
+    assert not OnnxBackend(onnx_cfg(private)).prepare(tiny).cache_entry.built
+
+
+def test_a_flipped_byte_fails_the_manifest_check(fp32_runner, tmp_path):
+    from plugstack.backends.onnx.cache import _check
+
+    entry = tmp_path / "entry"
+    shutil.copytree(fp32_runner.cache_entry.path, entry)
+    assert _check(entry)[0] is not None
+    with open(entry / "model.onnx", "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    manifest, why = _check(entry)
+    assert manifest is None and "sha256" in why
+
+
+def test_graph_that_disagrees_with_eager_is_refused_and_not_cached(fp32_runner, tmp_path, monkeypatch):
+    """A wrong export (here: another model's graph) must fail verification, loudly."""
+    monkeypatch.setattr("plugstack.backends.onnx.export.export_step",
+                        CountingExport(fp32_runner.cache_entry.model_path))
+    with pytest.raises(ConfigError, match="disagrees with the eager model"):
+        OnnxBackend(onnx_cfg(tmp_path / "cache")).prepare(tiny_model(seed=7))
+    assert [p for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []
+
+
+CONCURRENT_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, {tests_dir!r})
+    from test_onnx import tiny_model, onnx_cfg, step_inputs
+    from plugstack.backends.onnx.backend import OnnxBackend
+    runner = OnnxBackend(onnx_cfg(sys.argv[1])).prepare(tiny_model(seed=3))
+    logits = runner.run(step_inputs([[1, 2, 3]])).outputs["logits"]
+    print(json.dumps({{"built": runner.cache_entry.built, "sum": float(logits.sum())}}))
+    """
+)
+
+
+def test_two_processes_preparing_at_once_both_succeed_with_one_entry(tmp_path):
+    script = tmp_path / "prepare.py"
+    script.write_text(CONCURRENT_SCRIPT.format(tests_dir=str(Path(__file__).parent)))
+    cache = tmp_path / "cache"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(script), str(cache)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert sorted(r["built"] for r in results) == [False, True]
+    assert results[0]["sum"] == pytest.approx(results[1]["sum"], abs=1e-5)
+    entries = [p for p in cache.iterdir() if not p.name.endswith(".lock")]
+    assert len(entries) == 1 and (entries[0] / "manifest.json").exists()
+
+
+# -- options and probe ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "option, value, valid",
+    [
+        ("providers", ["CPUExecutionProviderr"], "CPUExecutionProvider"),
+        ("quantize", "int3", "int8, int4"),
+        ("graph_optimization", "max", "disable, basic, extended, all"),
+        ("dtype", "fp16", "fp32"),
+        ("dtype", "bf16", "fp32, fp16"),
+        ("opset", 11, "18..23"),
+        ("graph", "fast", "auto, export, fused"),
+    ],
+)
+def test_unsupported_options_name_the_valid_values(option, value, valid):
+    with pytest.raises(UnsupportedOptionError) as e:
+        OnnxBackend(OnnxBackendConfig(**{option: value}))
+    assert f"backend.{option}" in str(e.value) and valid in str(e.value)
+
+
+def test_typo_in_provider_suggests_the_right_name():
+    with pytest.raises(UnsupportedOptionError, match="Did you mean 'CPUExecutionProvider'"):
+        OnnxBackend(OnnxBackendConfig(providers=["CPUExecutionProvidr"]))
+
+
+def test_config_from_the_yaml_group_is_accepted():
+    from omegaconf import OmegaConf
+
+    yaml = Path(__file__).parents[2] / "conf" / "backend" / "onnx.yaml"
+    raw = OmegaConf.load(yaml)
+    raw.pop("defaults")
+    cfg = OmegaConf.merge(OmegaConf.structured(OnnxBackendConfig), raw, {"quantize": "int8"})
+    backend = OnnxBackend(cfg)
+    assert backend.options.threads == 2 and backend.options.quantize == "int8"
+    assert backend.options.providers == ["CPUExecutionProvider"]
+
+
+def test_probe_reports_cpu_and_why_cuda_is_unavailable_without_importing_onnxruntime():
+    code = textwrap.dedent(
+        """
+        import json, sys
+        from plugstack.backends.onnx.backend import OnnxBackend
+        a = OnnxBackend().probe()
+        print(json.dumps({"available": a.available, "extra": a.device.extra,
+                          "ort": "onnxruntime" in sys.modules, "torch": "torch" in sys.modules}))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout)
+    assert got["available"] and not got["ort"] and not got["torch"]
+    assert "CPUExecutionProvider" in got["extra"]["providers"]
+    assert "CUDAExecutionProvider" not in got["extra"]["providers"]
+    assert "onnxruntime-gpu" in got["extra"]["unavailable_providers"]["CUDAExecutionProvider"]
+
+
+def test_cuda_only_providers_are_unavailable_here_with_a_reason(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_backend_module, "_nvidia_gpu_present", lambda: False)
+    backend = OnnxBackend(onnx_cfg(tmp_path, providers=["CUDAExecutionProvider"]))
+    availability = backend.probe()
+    assert not availability.available and "CUDAExecutionProvider" in availability.reason
+    with pytest.raises(BackendUnavailableError, match="CPUExecutionProvider"):
+        backend.prepare(tiny)
+
+
+def test_cuda_first_falls_back_to_cpu(tiny, cache_dir, fp32_runner):
+    backend = OnnxBackend(onnx_cfg(cache_dir, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]))
+    assert backend.probe().available
+    runner = backend.prepare(tiny)
+    assert runner.providers == ["CPUExecutionProvider"] and not runner.cache_entry.built
+
+
+def test_registered_through_the_entry_point_hook():
+    from plugstack.backends import onnx as plugin
+
+    seen = {}
+    plugin.plugstack_register_backends(lambda name, factory, **kw: seen.update({name: (factory, kw)}))
+    factory, kw = seen["onnx"]
+    assert factory == "plugstack.backends.onnx.backend:OnnxBackend" and kw["config"] is OnnxBackendConfig
