@@ -165,14 +165,18 @@ def test_console_logging_is_human_readable(tiny_model_dir, tmp_path):
     assert "run_id=" in line and "app=describe" in line and not line.startswith("{")
 
 
-@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]],
-                         ids=["basic-launcher", "joblib-launcher"])
-def test_multirun_over_two_backends(tiny_model_dir, tmp_path, launcher):
-    result = plugstack("--multirun", *launcher, "app=describe", "backend=cpu,pinned-cpu", "model=llama",
-                       f"model.path={tiny_model_dir}", env={"PLUGSTACK_OUTPUTS": str(tmp_path)})
+@pytest.mark.parametrize(
+    ("launcher", "backends"),
+    [([], "cpu,onnx"), (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], "cpu,pinned-cpu")],
+    ids=["basic-launcher", "joblib-launcher"],
+)
+def test_multirun_over_two_backends(tiny_model_dir, tmp_path, launcher, backends):
+    result = plugstack("--multirun", *launcher, "app=describe", f"backend={backends}", "model=llama",
+                       f"model.path={tiny_model_dir}",
+                       env={"PLUGSTACK_OUTPUTS": str(tmp_path / "runs"), "PLUGSTACK_HOME": str(tmp_path / "home")})
     assert result.returncode == 0, result.stderr
     records = [json.loads(p.read_text()) for p in sorted(tmp_path.rglob("run.json"))]
-    assert sorted(r["choices"]["backend"] for r in records) == ["cpu", "pinned-cpu"]
+    assert sorted(r["choices"]["backend"] for r in records) == sorted(backends.split(","))
     assert all(r["exit_code"] == 0 for r in records)
     assert "[HYDRA]" in result.stderr and "[HYDRA]" not in result.stdout  # Hydra's messages: stderr
 
