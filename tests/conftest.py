@@ -24,18 +24,9 @@ def smollm2(smollm2_gguf):
 @pytest.fixture
 def tiny_llama_config():
     """Hyper-parameters of a tiny Llama (GQA, 2 layers) that runs in milliseconds."""
-    from plugstack.plugins.llama.model import LlamaConfig
+    from plugstack.testing import tiny_llama_config
 
-    return LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        rope_theta=10000.0,
-        context_length=256,
-    )
+    return tiny_llama_config(context_length=256)
 
 
 CHATML = (

@@ -6,6 +6,6 @@
 """
 
 from .backend_kit import BackendConformance, DecoderDriver
-from .tiny_models import tiny_decoder_model
+from .tiny_models import tiny_decoder_model, tiny_llama_config
 
-__all__ = ["BackendConformance", "DecoderDriver", "tiny_decoder_model"]
+__all__ = ["BackendConformance", "DecoderDriver", "tiny_decoder_model", "tiny_llama_config"]

@@ -71,18 +71,11 @@ def tokenizer() -> ByteBPETokenizer:
 
 def tiny_llama(vocab_size: int, *, context_length: int = 256, seed: int = 0, std: float = 0.5):
     from plugstack.backends.eager import EagerRunner
-    from plugstack.plugins.llama.model import Llama, LlamaConfig, init_weights
+    from plugstack.plugins.llama.model import Llama, init_weights
+    from plugstack.testing import tiny_llama_config
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        context_length=context_length,
-    )
+    cfg = tiny_llama_config(vocab_size=vocab_size, context_length=context_length)
     # A larger std than a real init gives peaked logits, so greedy paths have clear margins.
     module = init_weights(Llama(cfg), seed=seed, std=std)
     return EagerRunner(module, module.signature())
