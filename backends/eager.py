@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+
 from plugstack.backend import Runner, StepOutput
 from plugstack.errors import UnsupportedOptionError
 from plugstack.signature import FLOAT, StepSignature

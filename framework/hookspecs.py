@@ -22,7 +22,7 @@ import pluggy
 if TYPE_CHECKING:
     from .app import RunContext
 
-__all__ = ["hookspec", "hookimpl", "Register", "PROJECT"]
+__all__ = ["PROJECT", "Register", "hookimpl", "hookspec"]
 
 PROJECT = "plugstack"
 hookspec = pluggy.HookspecMarker(PROJECT)

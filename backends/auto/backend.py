@@ -21,6 +21,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import structlog
+
 from plugstack.backend import Availability, Backend
 from plugstack.errors import BackendUnavailableError, ConfigError, UnknownPluginError
 

@@ -13,6 +13,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 import structlog
+
 from plugstack.backend import Availability, Backend
 from plugstack.errors import UnsupportedOptionError
 
@@ -21,6 +22,7 @@ from .device import cpu_device_info
 
 if TYPE_CHECKING:
     import torch
+
     from plugstack.backend import Runner
     from plugstack.model import Model
 
@@ -49,6 +51,7 @@ class CpuBackend(Backend):
 
     def prepare(self, model: Model) -> Runner:
         import torch
+
         from plugstack.backends.eager import EagerRunner
 
         cfg = self.cfg

@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
+
 from plugstack.backend import Availability, Backend
 from plugstack.errors import BackendUnavailableError, UnsupportedOptionError
 

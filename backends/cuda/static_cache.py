@@ -28,6 +28,7 @@ from typing import Any
 
 import structlog
 import torch
+
 from plugstack.backend import Runner, StepOutput
 from plugstack.backends.eager import DTYPES
 from plugstack.errors import GenerationError

@@ -39,7 +39,7 @@ def untie_parameters(module: nn.Module) -> int:
     """
     seen: dict[int, nn.Parameter] = {}
     untied = 0
-    for mod_name, mod in module.named_modules(remove_duplicate=False):
+    for _, mod in module.named_modules(remove_duplicate=False):
         for p_name, p in list(mod.named_parameters(recurse=False)):
             if id(p) in seen:
                 setattr(mod, p_name, nn.Parameter(p.detach().clone(), requires_grad=False))
@@ -100,7 +100,7 @@ def _rename_dims(onnx_path: Path, signature: StepSignature) -> None:
         dims = value.type.tensor_type.shape.dim
         if len(dims) != len(spec.shape):
             continue
-        for dim, want in zip(dims, spec.shape):
+        for dim, want in zip(dims, spec.shape, strict=True):
             if isinstance(want, str):
                 dim.dim_param = want
     onnx.save(proto, str(onnx_path))

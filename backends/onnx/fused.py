@@ -54,7 +54,7 @@ def build_llama(model: Model, path: Path) -> float:
 
     start = time.perf_counter()
     m, cfg, sig = model.module, model.module.cfg, model.signature
-    nq, nkv, hd, hidden = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
+    nq, nkv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     eps = float(cfg.rms_norm_eps)
     nodes: list[Any] = []
     inits: list[Any] = []

@@ -36,7 +36,7 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
     inits = {t.name: t for t in model.graph.initializer}
     rewritten = 0
     for idx, node in enumerate(list(model.graph.node)):
-        if node.op_type != "Gemm" or len(node.input) > 2 and node.input[2]:
+        if node.op_type != "Gemm" or (len(node.input) > 2 and node.input[2]):
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or node.input[1] not in inits:

@@ -121,7 +121,7 @@ class OnnxRunner(Runner):
             ) from e
         outputs: dict[str, torch.Tensor] = {}
         next_state: list[Any] = [None] * len(self._state_index)
-        for name, value in zip(self.signature.output_names, results):
+        for name, value in zip(self.signature.output_names, results, strict=True):
             if name in self._state_out:
                 next_state[self._state_out[name]] = value
             else:

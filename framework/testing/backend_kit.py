@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import pytest
+
 from plugstack.backend import Availability, Backend, DeviceInfo, Runner
 from plugstack.errors import UnsupportedOptionError
 from plugstack.model import Model

@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from plugstack.signature import FLOAT, StepSignature, TensorSpec
 from torch import nn
+
+from plugstack.signature import FLOAT, StepSignature, TensorSpec
 
 
 @dataclass

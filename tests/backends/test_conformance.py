@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+
 from plugstack.backend import Availability, Backend, DeviceInfo
 from plugstack.backends.cpu.backend import CpuBackend
 from plugstack.backends.cpu.config import CpuBackendConfig

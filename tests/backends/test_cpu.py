@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from plugstack import UnsupportedOptionError
 from plugstack.backends.cpu.backend import CpuBackend
 from plugstack.backends.cpu.config import CpuBackendConfig
@@ -155,6 +156,7 @@ def test_compile_wraps_the_module():
 )
 def test_config_groups_compose_into_working_backends(name, expected):
     from omegaconf import OmegaConf
+
     from plugstack.backends.auto.config import AutoBackendConfig
     from plugstack.backends.cuda.config import CudaBackendConfig
     from plugstack.config import compose

@@ -6,6 +6,7 @@ import os
 import stat
 
 import pytest
+
 from plugstack import BackendUnavailableError, UnsupportedOptionError
 from plugstack.backends.cuda import probe as probe_mod
 from plugstack.backends.cuda.backend import CudaBackend, build_runner

@@ -4,6 +4,7 @@ skip with the probe's reason; probe, capability and option tests run everywhere.
 from __future__ import annotations
 
 import pytest
+
 from plugstack.backends.cuda.backend import CudaBackend
 from plugstack.backends.cuda.config import CudaBackendConfig
 from plugstack.testing import BackendConformance

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from plugstack import GenerationError
 from plugstack.testing import DecoderDriver, tiny_decoder_model
 

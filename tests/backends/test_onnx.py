@@ -132,7 +132,7 @@ def test_fp32_logits_match_eager_on_prefill_and_8_decode_steps(any_runner, eager
     prompt = [[5, 17, 99, 3, 42, 7]]
     onnx_tokens, onnx_logits = greedy(any_runner, prompt, steps=9)
     eager_tokens, eager_logits = greedy(eager_runner, prompt, steps=9)
-    for step, (a, b) in enumerate(zip(onnx_logits, eager_logits)):
+    for step, (a, b) in enumerate(zip(onnx_logits, eager_logits, strict=True)):
         assert a.shape == (1, VOCAB) and a.dtype == torch.float32
         assert (a - b).abs().max().item() <= 1e-4, f"step {step}"
     assert onnx_tokens == eager_tokens
@@ -143,13 +143,13 @@ def test_batch_of_two_with_left_padding_matches_eager_and_single_rows(any_runner
     prompts = [[5, 17, 99, 3, 42, 7, 11], [64, 2, 90]]
     onnx_tokens, onnx_logits = greedy(any_runner, prompts, steps=8)
     eager_tokens, eager_logits = greedy(eager_runner, prompts, steps=8)
-    for a, b in zip(onnx_logits, eager_logits):
+    for a, b in zip(onnx_logits, eager_logits, strict=True):
         assert (a - b).abs().max().item() <= 1e-4
     assert onnx_tokens == eager_tokens
     # Padding must not change a row's result: the short prompt alone gives the same logits.
     alone_tokens, alone_logits = greedy(any_runner, prompts[1:], steps=8)
     assert alone_tokens[0] == onnx_tokens[1]
-    for a, b in zip(alone_logits, onnx_logits):
+    for a, b in zip(alone_logits, onnx_logits, strict=True):
         assert (a[0] - b[1]).abs().max().item() <= 1e-4
 
 

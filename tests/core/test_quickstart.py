@@ -17,7 +17,8 @@ def test_readme_quickstart_command_is_what_this_test_runs():
     readme = (ROOT / "README.md").read_text()
     assert "./scripts/setup.sh && .venv/bin/plugstack\n" in readme
     assert "./scripts/setup.sh --test && .venv/bin/python -m pytest\n" in readme
-    assert (ROOT / ".ci" / "run").read_text().strip().endswith("./scripts/setup.sh --test && .venv/bin/python -m pytest")
+    ci = (ROOT / ".ci" / "run").read_text().strip()
+    assert ci.endswith("./scripts/setup.sh --test && .venv/bin/python -m pytest")
 
 
 def test_default_run_answers_on_stdout(smollm2_gguf, tmp_path):

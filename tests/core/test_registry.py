@@ -6,6 +6,7 @@ import textwrap
 from importlib.metadata import EntryPoint
 
 import pytest
+
 from plugstack.errors import PluginError, UnknownPluginError
 from plugstack.registry import Registry
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pytest
-from plugstack_example.backend import PinnedCpuBackend
-from plugstack_example.plugin import PinnedCpuConfig
 
 from plugstack.testing import BackendConformance
+from plugstack_example.backend import PinnedCpuBackend
+from plugstack_example.plugin import PinnedCpuConfig
 
 
 def make_pinned(**overrides) -> PinnedCpuBackend:
@@ -14,7 +16,7 @@ def make_pinned(**overrides) -> PinnedCpuBackend:
 
 
 class TestPinnedCpu(BackendConformance):
-    reduced_precision_atol = {"bf16": 3e-2}
+    reduced_precision_atol: ClassVar[dict[str, float]] = {"bf16": 3e-2}
 
     @pytest.fixture
     def backend(self):

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from plugstack.backend import Runner, StepOutput
 from plugstack.signature import StepSignature, TensorSpec
 

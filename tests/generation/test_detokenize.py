@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from plugstack.detokenize import IncrementalDecoder, StopMatcher, TextAssembler
 
 MIXED = "Sea \U0001f30a, \u4f60\u597d \u4e16\u754c and caf\u00e9 \U0001f600!"

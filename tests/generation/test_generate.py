@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from plugstack.errors import GenerationError
 from plugstack.generation import generate, generate_ids, stream
 from plugstack.sampling import SamplingParams

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+
 from plugstack.app import RunContext
 from plugstack.errors import ConfigError
 from plugstack.generation import generate, stream

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from plugstack.errors import GenerationError
 from plugstack.sampling import (
     SamplingParams,

@@ -6,6 +6,7 @@ import io
 
 import pytest
 import structlog
+
 from plugstack.app import RunContext
 from plugstack.generation import generate
 from plugstack.plugins.generate.app import GenerateApp

@@ -7,8 +7,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import plugstack
 import structlog
+
+import plugstack
 from plugstack import Availability, DeviceInfo, Runner, StepOutput, UnsupportedOptionError
 
 log = structlog.get_logger("plugstack_example.backend")
@@ -69,6 +70,7 @@ class PinnedCpuBackend(plugstack.Backend):
         import copy
 
         import torch
+
         from plugstack.backends.eager import EagerRunner
 
         dtype = self.cfg.dtype if self.cfg is not None else "fp32"
