@@ -124,7 +124,7 @@ def agreement(tokens: list[int], ref: list[int], eos: set[int]) -> str:
     (``min_new_tokens``) and onnxruntime-genai (``min_length``) suppress it to reach n tokens,
     so a difference exactly where the reference ends its answer is not a disagreement.
     """
-    same = next((i for i, (a, b) in enumerate(zip(tokens, ref)) if a != b), min(len(tokens), len(ref)))
+    same = next((i for i, (a, b) in enumerate(zip(tokens, ref, strict=False)) if a != b), min(len(tokens), len(ref)))
     if same == len(ref) == len(tokens):
         return "yes"
     return f"yes, to EOS at {same}" if same < len(ref) and ref[same] in eos else f"first {same}/{len(ref)}"
@@ -176,7 +176,7 @@ def genai_model_dir(model, gguf: Path, precision: str, root: Path, console) -> P
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(tmp),
            "-p", precision, "-e", "cpu", "-c", str(tmp / "hf-cache")]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode:
         shutil.rmtree(tmp, ignore_errors=True)
         raise RuntimeError(f"onnxruntime-genai builder failed ({' '.join(cmd)}):\n{done.stderr[-2000:]}")
@@ -363,11 +363,11 @@ def main() -> int:
     # -- timing: round-robin, so a noisy neighbour slows every system alike; medians --------
     samples: list[list[tuple[float, float]]] = [[] for _ in systems]
     for r in range(args.repeats):
-        for i, (row, measure) in enumerate(systems):
+        for i, (_, measure) in enumerate(systems):
             samples[i].append(measure())
         console.print(f"timing round {r + 1}/{args.repeats} done")
     rows = []
-    for (row, _), got in zip(systems, samples):
+    for (row, _), got in zip(systems, samples, strict=True):
         prefills = sorted(p for p, _ in got)
         tps = sorted((n - 1) / d for _, d in got)
         rows.append({**row, "prefill": prefills[len(prefills) // 2], "tps": tps[len(tps) // 2]})
