@@ -234,9 +234,31 @@ class OnnxBackend(Backend):
         runner = made.get("runner") or OnnxRunner(entry.model_path, model.signature, opts, dtype=dtype)
         runner.path = entry.model_path  # a runner made while verifying saw the temporary dir
         runner.cache_entry = entry  # where the graph lives, and whether this call built it
+        # The graph is the same either way (GroupQueryAttention notices past and present
+        # sharing one buffer at run time), so kv_cache is not part of the cache key; the
+        # verification above ran the graph with concatenated state. The buffers are host
+        # memory, so only a CPU session appends in place; others keep concatenating.
+        if opts.kv_cache == "shared" and graph == "fused" and runner.providers[0] == "CPUExecutionProvider":
+            runner.share_kv_buffers(self.cache_capacity(model))
         log.info("onnx.prepare.done", model=model.name, graph=graph, quantize=opts.quantize,
+                 kv_cache=runner.kv_cache, kv_capacity=runner.capacity or None,
                  providers=runner.providers, cached=not entry.built, path=str(entry.model_path))
         return runner
+
+    def cache_capacity(self, model: Model) -> int:
+        """Positions of the shared KV buffer: ``backend.max_cache_len`` capped at the context length."""
+        context = int(model.signature.meta.get("context_length") or 0)
+        cap = self.options.max_cache_len
+        if context <= 0:
+            if cap <= 0:
+                from plugstack.errors import UnsupportedOptionError
+
+                raise UnsupportedOptionError(
+                    f"model {model.name!r} declares no context_length, so backend.max_cache_len=0 cannot size "
+                    f"the shared KV buffer: set backend.max_cache_len to a number of positions, or "
+                    f"backend.kv_cache=concat.")
+            return cap
+        return context if cap <= 0 else min(cap, context)
 
 
 def _version(dist: str) -> str:

@@ -35,6 +35,11 @@ DTYPES = ("fp32", "fp16")
 #: (built from the weights with ONNX Runtime's fused operators; plugstack's Llama only),
 #: ``auto`` (fused where supported, else export).
 GRAPHS = ("auto", "export", "fused")
+#: How the fused graph's KV cache is kept between steps: ``concat`` (per-layer past/present
+#: arrays; ONNX Runtime copies the whole cache into a new present every step) or ``shared``
+#: (one preallocated ``[batch, kv_heads, max_cache_len, head_dim]`` buffer per layer that
+#: GroupQueryAttention appends to in place; CPU provider). The exported graph always concatenates.
+KV_CACHES = ("concat", "shared")
 #: Opsets the exporter is tested with. 23 has the standard RMSNormalization/Attention ops.
 MIN_OPSET, MAX_OPSET = 18, 23
 
@@ -64,6 +69,12 @@ class OnnxBackendConfig:
     verify: bool = True
     #: Max |difference| / max(1, |value|) allowed by that comparison for fp32 graphs.
     tolerance: float = 1e-4
+    #: KV cache of the fused graph: shared (preallocated, appended in place) | concat (see KV_CACHES).
+    kv_cache: str = "shared"
+    #: Positions the shared KV buffer holds (capped at the model's context length); 0 = the
+    #: context length. Memory: layers x 2 x kv_heads x head_dim x 4 bytes per position and row
+    #: (SmolLM2: 46 KiB, so 4096 positions = 189 MiB per row, touched only as it fills).
+    max_cache_len: int = 4096
 
 
 def _get(cfg: Any, key: str, default: Any) -> Any:
@@ -93,6 +104,8 @@ def coerce_config(cfg: Any) -> OnnxBackendConfig:
         cache_dir=_get(cfg, "cache_dir", d.cache_dir),
         verify=bool(_get(cfg, "verify", d.verify)),
         tolerance=float(_get(cfg, "tolerance", d.tolerance)),
+        kv_cache=str(_get(cfg, "kv_cache", d.kv_cache)),
+        max_cache_len=int(_get(cfg, "max_cache_len", d.max_cache_len)),
     )
     validate(out)
     return out
@@ -138,5 +151,10 @@ def validate(cfg: OnnxBackendConfig) -> None:
         raise _bad("dtype", cfg.dtype, "fp32 with graph=fused", " Use graph=export for fp16.")
     if not MIN_OPSET <= cfg.opset <= MAX_OPSET:
         raise _bad("opset", cfg.opset, f"{MIN_OPSET}..{MAX_OPSET}")
+    if cfg.kv_cache not in KV_CACHES:
+        raise _bad("kv_cache", cfg.kv_cache, ", ".join(KV_CACHES))
+    if cfg.max_cache_len < 0:
+        raise _bad("max_cache_len", cfg.max_cache_len,
+                   "0 (the model's context length) or a positive number of positions")
     if cfg.tolerance <= 0:
         raise _bad("tolerance", cfg.tolerance, "a positive float such as 1e-4")

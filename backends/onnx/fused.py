@@ -13,6 +13,11 @@ positions are excluded through an additive ``attention_bias`` (causal, and every
 sees itself, as ``plugstack.plugins.llama.model.causal_mask`` does). Padding therefore
 stays inside the KV cache as it does with the eager module. Verification against the
 eager module still runs on the first build.
+
+The same graph serves both ``backend.kv_cache`` schemes: GroupQueryAttention appends in
+place when the runner binds ``past.i.*`` and ``present.i.*`` to one preallocated buffer
+(``runner.py``), and concatenates otherwise; the valid length always comes from the
+attention mask's width (``seqlens_k``, ``total_sequence_length``), never from the buffer.
 """
 
 from __future__ import annotations

@@ -28,6 +28,8 @@ from plugstack.backends.onnx import backend as onnx_backend_module
 from plugstack.backends.onnx.backend import OnnxBackend
 from plugstack.backends.onnx.config import OnnxBackendConfig
 from plugstack.errors import BackendUnavailableError, ConfigError, GenerationError, UnsupportedOptionError
+from plugstack.generation import generate_ids
+from plugstack.sampling import SamplingParams
 from plugstack.testing import tiny_decoder_model
 
 # -- helpers ------------------------------------------------------------------------------
@@ -109,15 +111,25 @@ def fp32_runner(tiny, cache_dir):
 
 @pytest.fixture(scope="module")
 def fused_runner(tiny, cache_dir):
-    runner = OnnxBackend(onnx_cfg(cache_dir, graph="fused")).prepare(tiny)
+    runner = OnnxBackend(onnx_cfg(cache_dir, graph="fused", kv_cache="concat")).prepare(tiny)
     yield runner
     runner.close()
 
 
-@pytest.fixture(params=["export", "fused"])
+@pytest.fixture(scope="module")
+def shared_runner(tiny, cache_dir, fused_runner):
+    """The fused graph with its KV cache in preallocated buffers appended in place (a cache hit)."""
+    runner = OnnxBackend(onnx_cfg(cache_dir, graph="fused", kv_cache="shared")).prepare(tiny)
+    yield runner
+    runner.close()
+
+
+@pytest.fixture(params=["export", "fused", "fused-shared-kv"])
 def any_runner(request):
-    """Each way of making the graph: the torch.onnx export and the fused-operator build."""
-    return request.getfixturevalue({"export": "fp32_runner", "fused": "fused_runner"}[request.param])
+    """Each way of making the graph (the torch.onnx export, the fused-operator build) and of
+    keeping the fused graph's KV cache (concatenated per step, or one shared buffer)."""
+    fixture = {"export": "fp32_runner", "fused": "fused_runner", "fused-shared-kv": "shared_runner"}
+    return request.getfixturevalue(fixture[request.param])
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +171,42 @@ def test_state_length_grows_with_each_step(any_runner):
     nxt = {"input_ids": torch.tensor([[9]]), "position_ids": torch.tensor([[4]]),
            "attention_mask": torch.ones(1, 5, dtype=torch.int64)}
     assert any_runner.state_length(any_runner.run(nxt, out.state).state) == 5
+
+
+def test_shared_kv_buffer_is_appended_in_place_and_sized_by_max_cache_len(tiny, cache_dir, fused_runner,
+                                                                          eager_runner):
+    runner = OnnxBackend(onnx_cfg(cache_dir, graph="fused", max_cache_len=8)).prepare(tiny)
+    assert runner.kv_cache == "shared" and runner.capacity == 8 and not runner.cache_entry.built
+    # The buffer is the runner's context window: generation checks it before it starts.
+    assert runner.signature.meta["context_length"] == 8 and tiny.signature.meta["context_length"] == 64
+    with pytest.raises(GenerationError, match="context window is 8"):
+        generate_ids(runner, [[5, 17, 99, 3, 42, 7]], SamplingParams(max_new_tokens=5))
+    assert len(generate_ids(runner, [[5, 17, 99, 3, 42, 7]], SamplingParams(max_new_tokens=2))[0].token_ids) == 2
+    prompt = [[5, 17, 99, 3, 42, 7]]
+    state = runner.new_state(1)
+    buffers = [id(a) for a in state.arrays]
+    tokens, logits = greedy(runner, prompt, steps=3)  # 6 + 2 positions: exactly full
+    assert tokens == greedy(eager_runner, prompt, steps=3)[0]
+    out = runner.run(step_inputs(prompt), state)
+    assert [id(a) for a in out.state.arrays] == buffers  # the same memory, no copy per step
+    assert torch.equal(out.outputs["logits"], logits[0])
+    for pos in (6, 7):
+        step = {"input_ids": torch.tensor([[1]]), "position_ids": torch.tensor([[pos]]),
+                "attention_mask": torch.ones(1, pos + 1, dtype=torch.int64)}
+        out = runner.run(step, out.state)
+    assert runner.state_length(out.state) == 8
+    step = {"input_ids": torch.tensor([[1]]), "position_ids": torch.tensor([[8]]),
+            "attention_mask": torch.ones(1, 9, dtype=torch.int64)}
+    with pytest.raises(GenerationError, match=r"needs 9 KV-cache positions.*holds 8.*backend.max_cache_len"):
+        runner.run(step, out.state)
+    # 0 means the model's context length; larger values are capped at it; the export concatenates.
+    assert OnnxBackend(onnx_cfg(cache_dir, max_cache_len=0)).cache_capacity(tiny) == 64
+    assert OnnxBackend(onnx_cfg(cache_dir, max_cache_len=10_000)).cache_capacity(tiny) == 64
+
+
+def test_exported_graph_keeps_concatenating_whatever_kv_cache_says(fp32_runner):
+    assert OnnxBackendConfig().kv_cache == "shared" and fp32_runner.kv_cache == "concat"
+    assert isinstance(fp32_runner.new_state(1), list)
 
 
 def test_prepare_leaves_the_users_model_untouched(tiny, cache_dir, fp32_runner, monkeypatch):
@@ -337,6 +385,8 @@ def test_two_processes_preparing_at_once_both_succeed_with_one_entry(tmp_path):
         ("dtype", "bf16", "fp32, fp16"),
         ("opset", 11, "18..23"),
         ("graph", "fast", "auto, export, fused"),
+        ("kv_cache", "paged", "concat, shared"),
+        ("max_cache_len", -1, "0 (the model's context length)"),
     ],
 )
 def test_unsupported_options_name_the_valid_values(option, value, valid):

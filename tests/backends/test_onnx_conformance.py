@@ -38,7 +38,7 @@ class TestOnnxFp32(BackendConformance):
     def unsupported_options(self):
         return [{"dtype": "fp16"}, {"dtype": "bf16"}, {"quantize": "int3"},
                 {"providers": ["NoSuchExecutionProvider"]}, {"graph_optimization": "max"},
-                {"graph": "compiled"}]
+                {"graph": "compiled"}, {"kv_cache": "paged"}, {"max_cache_len": -5}]
 
 
 class TestOnnxExportFp32(TestOnnxFp32):
