@@ -60,6 +60,11 @@ class Runner(ABC):
     signature: StepSignature
     #: dtype name the runner computes in ("fp32", "bf16", ...).
     dtype: str = "fp32"
+    #: Whether the model's compute runs on torch's CPU thread pool. A runner whose compute
+    #: runs elsewhere (ONNX Runtime) sets this False; the generation loop then keeps torch
+    #: to one thread while it drives the runner, so torch's idle OpenMP workers do not spin
+    #: on the cores the runtime needs between its steps.
+    uses_torch_threads: bool = True
 
     @abstractmethod
     def new_state(self, batch_size: int) -> Any:

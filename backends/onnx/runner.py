@@ -60,11 +60,12 @@ def session_options(cfg: OnnxBackendConfig) -> ort.SessionOptions:
     # One step runs one graph; a second pool of threads would only compete for the cores.
     so.inter_op_num_threads = 1
     so.log_severity_level = 4  # failures reach the user as GenerationError with ORT's message
-    # ORT's idle intra-op threads spin-wait by default; in a process that also runs torch
-    # (eager backends, a tokenizer, the transformers peer in benchmarks) that spinning
-    # stole the cores: transformers decoding fell from 17.7 to 5.4 tok/s beside idle
-    # sessions. Blocking waits cost ORT itself little at decode sizes (see bench_decode).
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Spin-wait inside a run (hundreds of small kernels per decode step: waking sleeping
+    # threads for each costs ~1.4x on SmolLM2 int4), but stop spinning when the run returns:
+    # threads left spinning between runs stole the cores from torch in the same process
+    # (transformers beside idle sessions fell from 17.7 to 5.4 tok/s).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    so.add_session_config_entry("session.force_spinning_stop", "1")
     return so
 
 
@@ -93,6 +94,9 @@ class SharedKV:
 
 class OnnxRunner(Runner):
     """One ``InferenceSession`` over one exported step graph."""
+
+    #: The model runs on ONNX Runtime's threads; torch only does light work between steps.
+    uses_torch_threads = False
 
     def __init__(self, model_path: Path, signature: StepSignature, cfg: OnnxBackendConfig,
                  *, dtype: str = "fp32") -> None:

@@ -229,3 +229,28 @@ def test_nan_logits_are_a_clear_error(scripted_ids):
     runner.run = broken
     with pytest.raises(GenerationError, match="NaN logits at step 1"):
         generate_ids(runner, [[1, 2]], greedy(5))
+
+
+@pytest.mark.parametrize("uses_torch_threads", [True, False])
+def test_torch_threads_follow_where_the_runner_computes(uses_torch_threads, scripted_ids):
+    """A runner computing outside torch (ONNX Runtime) gets torch held to one thread for
+    the loop's light work, and the caller's setting back afterwards; a torch runner keeps
+    the caller's threads."""
+    runner = scripted_ids([5, 6, 7])
+    inner_run = runner.run
+    seen: list[int] = []
+
+    def recording_run(inputs, state=None):
+        seen.append(torch.get_num_threads())
+        return inner_run(inputs, state)
+
+    runner.run = recording_run
+    runner.uses_torch_threads = uses_torch_threads
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        generate_ids(runner, [[1, 2]], SamplingParams(max_new_tokens=3, temperature=0.0, ignore_eos=True))
+        assert seen == ([2, 2, 2] if uses_torch_threads else [1, 1, 1])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
