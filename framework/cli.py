@@ -58,21 +58,18 @@ def _backends(args: argparse.Namespace) -> int:
 
     rows = []
     for entry in get_registry().entries("backend"):
-        row = {"name": entry.name, "plugin": entry.plugin, "available": False, "reason": "", "device": None}
-        try:
-            availability = entry.create(entry.default_config()).probe()
-            row["available"], row["reason"] = availability.available, availability.reason
-            if availability.device is not None:
-                d = availability.device
-                row["device"] = {
-                    "name": d.name,
-                    "memory_bytes": d.memory_bytes,
-                    "threads": d.threads,
-                    "dtypes": list(d.dtypes),
-                    **({"extra": d.extra} if d.extra else {}),
-                }
-        except Exception as exc:  # a broken backend is reported, not fatal
-            row["reason"] = f"probe failed: {type(exc).__name__}: {exc}"
+        _, availability = entry.probe()  # a broken backend is reported, not fatal
+        row = {"name": entry.name, "plugin": entry.plugin, "available": availability.available,
+               "reason": availability.reason, "device": None}
+        if availability.device is not None:
+            d = availability.device
+            row["device"] = {
+                "name": d.name,
+                "memory_bytes": d.memory_bytes,
+                "threads": d.threads,
+                "dtypes": list(d.dtypes),
+                **({"extra": d.extra} if d.extra else {}),
+            }
         rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))

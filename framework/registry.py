@@ -25,6 +25,7 @@ import pluggy
 import structlog
 
 from . import hookspecs
+from .backend import Availability
 from .errors import DuplicatePluginError, PluginError, UnknownPluginError
 
 __all__ = ["KINDS", "Entry", "PluginRecord", "Registry", "get_registry", "reset_registry"]
@@ -92,6 +93,19 @@ class Entry:
     def create(self, cfg: Any = None) -> Any:
         """Call the factory with ``cfg`` (the composed config group for this kind)."""
         return self.load_factory()(cfg if cfg is not None else self.default_config())
+
+    def probe(self) -> tuple[Any, Availability]:
+        """For a backend: ``(backend, availability)`` with its default options. Never raises:
+        a backend that fails to import, construct or probe is reported unavailable (with
+        ``None`` for the backend) and the error as the reason."""
+        try:
+            backend = self.create(self.default_config())
+        except Exception as exc:
+            return None, Availability.no(f"could not be created: {type(exc).__name__}: {exc}")
+        try:
+            return backend, backend.probe()
+        except Exception as exc:
+            return None, Availability.no(f"its probe raised {type(exc).__name__}: {exc}")
 
 
 @dataclass

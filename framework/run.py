@@ -51,15 +51,11 @@ def _make_backend(registry: Registry, cfg: DictConfig):
     backend = entry.create(group_config(cfg.backend))
     availability = backend.probe()
     if not availability.available:
-        usable = []
-        for other in registry.entries("backend"):
-            if other.name in (entry.name, "auto"):
-                continue
-            try:
-                if other.create(other.default_config()).probe().available:
-                    usable.append(other.name)
-            except Exception:  # a broken probe just does not count as usable
-                continue
+        usable = [
+            other.name
+            for other in registry.entries("backend")
+            if other.name not in (entry.name, "auto") and other.probe()[1].available
+        ]
         raise BackendUnavailableError(
             f"Backend {entry.name!r} is not available here: {availability.reason}. "
             f"Available backends: {', '.join(usable) or '(none)'}; choose one with backend=<name>."
@@ -72,10 +68,8 @@ def execute(cfg: DictConfig, *, registry: Registry | None = None, stdout=None) -
     """Run the application ``cfg`` selects; return its exit code (errors are logged and
     printed to stderr as one clear line, never raised)."""
     registry = registry or get_registry()
-    logs.configure(
-        str(cfg.log.format.value if hasattr(cfg.log.format, "value") else cfg.log.format),
-        str(cfg.log.level.value if hasattr(cfg.log.level, "value") else cfg.log.level),
-    )
+    log_cfg = OmegaConf.to_container(cfg.log, enum_to_str=True)
+    logs.configure(str(log_cfg["format"]), str(log_cfg["level"]))
     run_id = uuid.uuid4().hex[:12]
     names = {g: str(cfg[g].name) for g in ("app", "model", "backend")}
     logs.bind_run(run_id=run_id, **names)

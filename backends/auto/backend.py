@@ -96,11 +96,7 @@ class AutoBackend(Backend):
                     raise  # the user named it: the error lists the backends that exist
                 skipped[name] = "no plugin registers a backend of that name"
                 continue
-            backend = entry.create(entry.default_config())
-            try:
-                availability = backend.probe()
-            except Exception as exc:  # a probe must not raise; one that does must not take auto down
-                availability = Availability.no(f"its probe raised {type(exc).__name__}: {exc}")
+            backend, availability = entry.probe()  # a broken backend must not take auto down
             if availability.available:
                 chosen = Selection(name, backend, availability, skipped, source)
                 break

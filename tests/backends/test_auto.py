@@ -20,6 +20,7 @@ from plugstack import (
 from plugstack.backends.auto import backend as auto_mod
 from plugstack.backends.auto.backend import AutoBackend
 from plugstack.backends.auto.config import AutoBackendConfig
+from plugstack.registry import Entry
 
 
 class FakeBackend(Backend):
@@ -39,26 +40,16 @@ class FakeBackend(Backend):
         return f"runner from {self.name}"
 
 
-class FakeEntry:
-    def __init__(self, backend: FakeBackend) -> None:
-        self.backend = backend
-
-    def default_config(self):
-        return None
-
-    def create(self, cfg):
-        return self.backend
-
-
 class FakeRegistry:
     def __init__(self, *backends: FakeBackend) -> None:
         self.backends = {b.name: b for b in backends}
 
-    def get(self, kind: str, name: str) -> FakeEntry:
+    def get(self, kind: str, name: str) -> Entry:
         assert kind == "backend"
         if name not in self.backends:
             raise UnknownPluginError(kind, name, self.backends)
-        return FakeEntry(self.backends[name])
+        backend = self.backends[name]
+        return Entry("backend", name, lambda cfg: backend, plugin="fake")
 
 
 @pytest.fixture

@@ -219,3 +219,29 @@ def test_run_lifecycle_hooks_see_every_run(plugin_dir, tiny_model_dir):
     assert kinds == ["start", "end", "start", "end"]
     assert observer.seen[1][1:] == (0, "NoneType")
     assert observer.seen[3][1:] == (2, "ModelLoadError")
+
+
+BROKEN_BACKENDS = """
+from plugstack import Backend, hookimpl
+
+class RaisingProbe(Backend):
+    def probe(self):
+        raise RuntimeError("probe exploded")
+    def prepare(self, model):
+        raise AssertionError("never prepared")
+
+@hookimpl
+def plugstack_register_backends(register):
+    register("raising-probe", RaisingProbe)
+    register("missing-module", "no_such_module_xyz:Backend")
+"""
+
+
+def test_entry_probe_reports_broken_backends_as_unavailable(plugin_dir):
+    reg = Registry(entry_points=[plugin_dir("broken_backends", BROKEN_BACKENDS)], strict=False, disabled=())
+    backend, availability = reg.get("backend", "raising-probe").probe()
+    assert backend is None and not availability.available
+    assert "probe exploded" in availability.reason
+    backend, availability = reg.get("backend", "missing-module").probe()
+    assert backend is None and not availability.available
+    assert "could not be created" in availability.reason and "no_such_module_xyz" in availability.reason
