@@ -204,6 +204,30 @@ def test_shared_kv_buffer_is_appended_in_place_and_sized_by_max_cache_len(tiny, 
     assert OnnxBackend(onnx_cfg(cache_dir, max_cache_len=10_000)).cache_capacity(tiny) == 64
 
 
+def test_shared_kv_buffers_are_reused_once_no_state_holds_them(shared_runner, eager_runner):
+    shared_runner.new_state(1)  # dropped at once: its buffers wait for the next new_state
+    first = shared_runner.new_state(1)
+    held = [id(a) for a in first.arrays]
+    second = shared_runner.new_state(1)  # `first` is alive: fresh buffers
+    assert [id(a) for a in second.arrays] != held
+    out = shared_runner.run(step_inputs([[5, 17, 99, 3, 42, 7]]), first)
+    kept_logits = out.outputs["logits"]
+    del first, out  # the last state over those buffers: they go back to the runner
+    again = shared_runner.new_state(1)
+    assert [id(a) for a in again.arrays] == held and shared_runner.state_length(again) == 0
+    # Stale positions in a reused buffer are never read: a shorter prompt gives eager's numbers.
+    got = shared_runner.run(step_inputs([[8, 9, 10]]), again).outputs["logits"]
+    want = eager_runner.run(step_inputs([[8, 9, 10]]), eager_runner.new_state(1)).outputs["logits"]
+    assert (got - want).abs().max().item() <= 1e-4
+    # Logits handed out earlier are the caller's: later steps do not write into them.
+    assert not torch.equal(kept_logits, got)
+    assert (kept_logits - eager_runner.run(step_inputs([[5, 17, 99, 3, 42, 7]]), eager_runner.new_state(1))
+            .outputs["logits"]).abs().max().item() <= 1e-4
+    # Another batch size never takes them.
+    del again
+    assert shared_runner.new_state(2).batch == 2
+
+
 def test_exported_graph_keeps_concatenating_whatever_kv_cache_says(fp32_runner):
     assert OnnxBackendConfig().kv_cache == "shared" and fp32_runner.kv_cache == "concat"
     assert isinstance(fp32_runner.new_state(1), list)
