@@ -181,6 +181,25 @@ def sampling_distribution(logits: torch.Tensor, params: SamplingParams) -> tuple
     return probs.masked_fill(before >= params.top_p, 0.0), ids
 
 
+def has_nan(logits: torch.Tensor, chosen: torch.Tensor | None = None) -> bool:
+    """Does ``logits`` ``[B, V]`` hold a NaN?
+
+    With ``chosen``, the greedy tokens picked from these logits (or from them after the
+    repetition penalty, which keeps NaN), only those entries are read: argmax returns the
+    first NaN of a row that has one, so that is the whole answer without another pass over
+    the vocabulary (~50 us a step on this CPU, where the logits come from another core).
+    """
+    import numpy as np
+    import torch
+
+    if logits.device.type != "cpu" or logits.dtype not in (torch.float32, torch.float64):
+        return bool(logits.isnan().any())
+    values = logits.detach().numpy()
+    if chosen is not None:
+        values = values[np.arange(values.shape[0]), chosen.numpy()]
+    return bool(np.isnan(values).any())
+
+
 def choose_tokens(
     logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None, seen: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -191,6 +210,11 @@ def choose_tokens(
     if seen is not None:
         logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
     if params.greedy:
+        if logits.device.type == "cpu":
+            # numpy's argmax is ~20x faster than torch's over a 50k vocabulary (5 vs 85 us
+            # here, a few percent of a quantised decode step); both pick the first maximum
+            # and treat NaN as the maximum.
+            return torch.from_numpy(logits.detach().numpy().argmax(axis=-1))
         return logits.argmax(dim=-1)
     probs, ids = sampling_distribution(logits, params)
     # Inverse-CDF sampling: one uniform draw per row and a binary search; needs no

@@ -216,19 +216,26 @@ def test_bad_requests_are_generation_errors(runner, tokenizer):
         stream(runner, tokenizer, "x", params)
 
 
-def test_nan_logits_are_a_clear_error(scripted_ids):
+@pytest.mark.parametrize("params", [greedy(5), greedy(5, repetition_penalty=1.3),
+                                    greedy(5, temperature=0.8, top_p=0.9, seed=0)],
+                         ids=["greedy", "greedy+penalty", "sampling"])
+@pytest.mark.parametrize("where", ["every logit", "one logit of the second row"])
+def test_nan_logits_are_a_clear_error(scripted_ids, params, where):
     runner = scripted_ids([5, 6, 7])
     real_run = runner.run
 
     def broken(inputs, state=None):
         out = real_run(inputs, state)
         if state:  # the first decode step goes wrong
-            out.outputs["logits"][:] = float("nan")
+            if where == "every logit":
+                out.outputs["logits"][:] = float("nan")
+            else:  # far from the row's maximum: greedy's check must still see it
+                out.outputs["logits"][1, 3] = float("nan")
         return out
 
     runner.run = broken
     with pytest.raises(GenerationError, match="NaN logits at step 1"):
-        generate_ids(runner, [[1, 2]], greedy(5))
+        generate_ids(runner, [[1, 2], [1, 2]], params)
 
 
 @pytest.mark.parametrize("uses_torch_threads", [True, False])
