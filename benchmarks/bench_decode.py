@@ -15,9 +15,10 @@ onnxruntime-genai and llama-cpp-python are optional, benchmark-only dependencies
 whose package is missing is skipped, and the run says so.
 
 Timing runs round-robin over all systems (``--repeats`` rounds, medians), so load from
-other processes hits every system alike. Columns: prefill ms (prompt -> first logits),
-decode tok/s (the other new tokens), the
-decode ratio to transformers fp32, and for every plugstack variant its quality against
+other processes hits every system alike. plugstack rows are timed through
+``plugstack.generation.generate_ids`` (the loop every app uses), peers through their own
+generation APIs. Columns: prefill ms (prompt -> first token), decode tok/s (the other
+new tokens), the decode ratio to transformers fp32, and for every plugstack variant its quality against
 plugstack's eager fp32 teacher-forced on the eager fp32 greedy text: top-1 agreement
 (share of steps whose argmax is the fp32 token) and the mean KL(fp32 || variant). Peers
 expose no comparable logits, so for every row the last quality column compares the free
@@ -331,8 +332,20 @@ def main() -> int:
             add_peer(f"llama.cpp (llama-cpp-python {llama_cpp.__version__}) Q4_1 GGUF",
                      llama_cpp_peer(gguf, args.threads, prompt_ids, n), "the GGUF's own Q4_1/Q8_0 weights")
 
+    from plugstack.generation import generate_ids
+    from plugstack.sampling import SamplingParams
+
+    greedy_n = SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=True)
+
     def timer(runner) -> Callable[[], tuple[float, float]]:
-        return lambda: greedy_run(runner, prompt_ids, n)[2:]
+        # Timed through plugstack's own generation loop (sampling, masks, thread policy
+        # included), as users run it; greedy_run above is only for the quality columns.
+        def run() -> tuple[float, float]:
+            result = generate_ids(runner, [prompt_ids], greedy_n)[0]
+            assert len(result.token_ids) == n, result.finish_reason
+            return result.timings.prefill_s, result.timings.decode_s
+
+        return run
 
     if "eager" in variants:
         systems.append(({"system": "plugstack cpu (eager) fp32", "kind": "plugstack", "top1": 1.0, "kl": 0.0,
