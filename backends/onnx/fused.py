@@ -8,17 +8,19 @@ packed QKV projection and applying the rotary embedding itself),
 gate/up projections (one MatMul each, so MatMulNBits quantises bigger matrices). It
 takes seconds instead of the exporter's minutes, and decodes faster.
 
-The step keeps the signature's inputs and outputs, and an ``attention_mask`` whose
-padded positions are excluded through an additive ``attention_bias`` (causal, and every
-token sees itself, as ``plugstack.plugins.llama.model.causal_mask`` does). Padding
-therefore stays inside the KV cache as it does with the eager module.
+The step keeps the signature's outputs and its ``attention_mask``: padded positions are
+excluded through an additive ``attention_bias`` and GroupQueryAttention masks causally
+itself. Padding therefore stays inside the KV cache as it does with the eager module.
+(The eager ``causal_mask`` also lets a padded query see itself; a padded position's own
+output is never read, so only real positions are compared, and they agree.)
 
 Rotary positions: GroupQueryAttention rotates each new token by its *cache slot*
 (``T - S + s``), not by ``position_ids``. For a left-padded row the two differ by the
 row's padding, the same for every token of the row, and attention only sees position
 differences (RoPE rotates q and k alike, ``<R(a)q, R(b)k> = <q, R(b-a)k>``), so the
 result is the same up to float rounding; padded positions are masked either way. Hence
-``position_ids`` is not read: this holds for any caller whose positions advance with the
+the graph does not even take ``position_ids`` (the runner feeds only the graph's inputs,
+one fewer per step): this holds for any caller whose positions advance with the
 cache, as the generation loop's do (``cumsum(mask) - 1``). Doing the rotary inside GQA
 instead of a Split and two RotaryEmbedding nodes per layer takes 90 nodes off SmolLM2's
 step. Verification against the eager module (with the real ``position_ids``) still runs
@@ -44,7 +46,7 @@ from plugstack.model import Model
 log = structlog.get_logger("plugstack.onnx")
 
 #: Bump when the graph this module writes changes: part of the cache key.
-FUSED_FORMAT_VERSION = 2
+FUSED_FORMAT_VERSION = 4
 
 
 def supports(model: Model) -> bool:
@@ -93,37 +95,29 @@ def build_llama(model: Model, path: Path) -> float:
     init("cos_cache", np.cos(positions).astype(np.float32))
     init("sin_cache", np.sin(positions).astype(np.float32))
     init("one_i64", np.array([1], dtype=np.int64))
-    init("zero_i64", np.array(0, dtype=np.int64))
-    init("axis0", np.array([0], dtype=np.int64))
     init("one_s_i64", np.array(1, dtype=np.int64))
+    init("one_s_i32", np.array(1, dtype=np.int32))
+    init("ones_2", np.array([1, 1], dtype=np.int64))
+    init("axes_1_2", np.array([1, 2], dtype=np.int64))
     init("bias_keep", np.array(0.0, dtype=np.float32))
     init("bias_drop", np.array(np.finfo(np.float32).min, dtype=np.float32))
     init("last_index", np.array(-1, dtype=np.int64))
 
+    # Every row is "full length" T for GQA (seqlens_k = T - 1): the cache holds a row's
+    # padding where the eager module's does, and GQA masks causally within that layout.
     node("Shape", ["attention_mask"], ["mask_shape"])
     node("Gather", ["mask_shape", "one_s_i64"], ["total_len"], axis=0)  # scalar T
-    node("Gather", ["mask_shape", "zero_i64"], ["batch_size"], axis=0)
-    node("Shape", ["input_ids"], ["ids_shape"])
-    node("Gather", ["ids_shape", "one_s_i64"], ["seq_len"], axis=0)  # scalar S
     node("Cast", ["total_len"], ["total_len_i32"], to=TensorProto.INT32)
-    # Every row is "full length" T for GQA; padding is removed by the bias below instead.
-    node("Sub", ["total_len", "one_s_i64"], ["last_pos"])
-    node("Unsqueeze", ["batch_size", "axis0"], ["batch_1d"])
-    node("Expand", ["last_pos", "batch_1d"], ["seqlens_i64"])
-    node("Cast", ["seqlens_i64"], ["seqlens_k"], to=TensorProto.INT32)
-    # keep[b, q, k] = (k <= q + T - S) & mask[b, k]  |  (k == q + T - S)
-    node("Sub", ["total_len", "seq_len"], ["past_len"])
-    node("Range", ["past_len", "total_len", "one_s_i64"], ["q_pos"])
-    node("Range", ["zero_i64", "total_len", "one_s_i64"], ["k_pos"])
-    node("Unsqueeze", ["q_pos", "one_i64"], ["q_col"])  # [S, 1]
-    node("LessOrEqual", ["k_pos", "q_col"], ["causal"])  # [S, T]
-    node("Equal", ["k_pos", "q_col"], ["is_self"])
+    node("Sub", ["total_len_i32", "one_s_i32"], ["last_pos"])
+    node("Shape", ["attention_mask"], ["batch_1d"], end=1)  # [B]
+    node("Expand", ["last_pos", "batch_1d"], ["seqlens_k"])
+    # The bias only drops padded positions: bias[b, 0, s, t] = 0 if mask[b, t] else min.
+    node("Shape", ["input_ids"], ["seq_1d"], start=1)  # [S]
+    node("Concat", ["ones_2", "seq_1d", "one_i64"], ["bias_shape"], axis=0)  # [1, 1, S, 1]
     node("Cast", ["attention_mask"], ["mask_bool"], to=TensorProto.BOOL)
-    node("Unsqueeze", ["mask_bool", "one_i64"], ["mask_b1t"])  # [B, 1, T]
-    node("And", ["causal", "mask_b1t"], ["keep_masked"])  # [B, S, T]
-    node("Or", ["keep_masked", "is_self"], ["keep"])
-    node("Where", ["keep", "bias_keep", "bias_drop"], ["bias_bst"])
-    node("Unsqueeze", ["bias_bst", "one_i64"], ["attention_bias"])  # [B, 1, S, T]
+    node("Where", ["mask_bool", "bias_keep", "bias_drop"], ["bias_bt"])
+    node("Unsqueeze", ["bias_bt", "axes_1_2"], ["bias_b11t"])
+    node("Expand", ["bias_b11t", "bias_shape"], ["attention_bias"])  # [B, 1, S, T]
 
     # -- layers ----------------------------------------------------------------------------
     node("Gather", [init("embed_tokens.weight", _np(m.embed_tokens.weight)), "input_ids"], ["embeds"], axis=0)
@@ -187,7 +181,7 @@ def build_llama(model: Model, path: Path) -> float:
 
     graph = helper.make_graph(
         nodes, f"{model.name}-fused-step",
-        [value_info(n) for n in sig.input_names],
+        [value_info(n) for n in sig.input_names if n != "position_ids"],  # not read: see the docstring
         [value_info(n) for n in sig.output_names],
         initializer=inits,
     )

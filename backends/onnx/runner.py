@@ -27,6 +27,7 @@ loaded machine (other processes on the cores) the gap at 3000 was similar or wid
 from __future__ import annotations
 
 import dataclasses
+import threading
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -153,6 +154,8 @@ class OnnxRunner(Runner):
         self._state_out = {o: self._state_index[i] for i, o in signature.state}
         graph_inputs = {i.name for i in self.session.get_inputs()}
         self._feed_names = [n for n in signature.input_names if n in graph_inputs]
+        #: Step inputs the graph does not read (the fused graph's position_ids): still required.
+        self._unread = [n for n in signature.feed_inputs if n not in graph_inputs]
         self._dtypes = {t.name: self._np_dtype(t.dtype) for t in signature.inputs}
         #: ``concat`` or ``shared`` (see the module docstring); set by :meth:`share_kv_buffers`.
         self.kv_cache = "concat"
@@ -160,6 +163,7 @@ class OnnxRunner(Runner):
         self.capacity = 0
         #: Buffers whose last SharedKV was dropped, kept for the next new_state.
         self._spare: KVBuffers | None = None
+        self._spare_lock = threading.Lock()
 
     def share_kv_buffers(self, capacity: int) -> None:
         """Keep the KV cache in preallocated buffers of ``capacity`` positions, appended in place.
@@ -194,7 +198,8 @@ class OnnxRunner(Runner):
         return state
 
     def _new_shared(self, batch_size: int) -> SharedKV:
-        spare, self._spare = self._spare, None
+        with self._spare_lock:  # two threads must never take the same buffers
+            spare, self._spare = self._spare, None
         if spare is not None and spare.batch == batch_size:
             buffers = spare  # no zeroing needed: a step only reads positions it has written
         else:
@@ -239,6 +244,8 @@ class OnnxRunner(Runner):
         if self.kv_cache == "shared" and state:
             raise GenerationError("this runner keeps its KV cache in shared buffers (backend.kv_cache=shared): "
                                   "pass the state from its new_state() or previous run(), not a list of arrays")
+        for name in self._unread:
+            self._input(inputs, name)
         feed: dict[str, np.ndarray] = {}
         for name in self._feed_names:
             if name in self._state_index:
@@ -272,6 +279,8 @@ class OnnxRunner(Runner):
 
     def _run_shared(self, inputs: Mapping[str, Any], state: SharedKV) -> StepOutput:
         """One step with the KV cache appended in place to ``state``'s buffers (IOBinding)."""
+        for name in self._unread:
+            self._input(inputs, name)
         feed = {name: self._to_numpy(name, self._input(inputs, name))
                 for name in self._feed_names if name not in self._state_index}
         ids, mask = feed.get("input_ids"), feed.get("attention_mask")
