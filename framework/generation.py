@@ -33,7 +33,7 @@ import structlog
 
 from .detokenize import TextAssembler
 from .errors import GenerationError
-from .sampling import SamplingParams, choose_tokens, has_nan
+from .sampling import SamplingParams, choose_tokens, greedy_pick, has_nan
 
 if TYPE_CHECKING:
     import torch
@@ -210,18 +210,20 @@ def _decode_loop(
                 logits = logits[:, -1]
             if use_penalty and seen is None:
                 seen = _seen_mask(prompts, logits.shape[-1])
-            # Sampling must not see a NaN; greedy picks it (argmax's maximum) and checks after.
-            picked = choose_tokens(logits, params, generator, seen) if params.greedy else None
-            if has_nan(logits, picked):
+            fast = greedy_pick(logits) if params.greedy and seen is None else None
+            if fast is not None:
+                tokens, nan = fast
+            else:
+                tokens, nan = None, has_nan(logits)
+            if nan:
                 # A backend or dtype problem, not a sampling one; say where instead of sampling garbage.
                 raise GenerationError(
                     f"The model returned NaN logits at step {step_index} (runner dtype "
                     f"{getattr(runner, 'dtype', '?')}). This is a backend or weights problem: try "
                     f"another backend or dtype (e.g. backend.dtype=fp32) and report it if it persists."
                 )
-            if picked is None:
-                picked = choose_tokens(logits, params, generator, seen)
-            tokens = picked.tolist()
+            if tokens is None:
+                tokens = choose_tokens(logits, params, generator, seen).tolist()
             chosen = []
             for b, tok in enumerate(tokens):
                 if finish[b] is not None:

@@ -181,23 +181,33 @@ def sampling_distribution(logits: torch.Tensor, params: SamplingParams) -> tuple
     return probs.masked_fill(before >= params.top_p, 0.0), ids
 
 
-def has_nan(logits: torch.Tensor, chosen: torch.Tensor | None = None) -> bool:
-    """Does ``logits`` ``[B, V]`` hold a NaN?
+def has_nan(logits: torch.Tensor) -> bool:
+    """Does ``logits`` hold a NaN? (numpy on the CPU: ~10x faster than torch's ``isnan().any()``)."""
+    import numpy as np
+    import torch
 
-    With ``chosen``, the greedy tokens picked from these logits (or from them after the
-    repetition penalty, which keeps NaN), only those entries are read: argmax returns the
-    first NaN of a row that has one, so that is the whole answer without another pass over
-    the vocabulary (~50 us a step on this CPU, where the logits come from another core).
+    if logits.device.type == "cpu" and logits.dtype in (torch.float32, torch.float64):
+        return bool(np.isnan(logits.detach().numpy()).any())
+    return bool(logits.isnan().any())
+
+
+def greedy_pick(logits: torch.Tensor) -> tuple[list[int], bool] | None:
+    """Greedy tokens of CPU float logits ``[B, V]`` in one numpy pass, and whether a row held
+    a NaN (argmax returns a row's first NaN, so reading the picked entries is enough).
+
+    The decode loop's fast path: right after a quantised step every call is cold (the
+    weights have just gone through the CPU caches), and torch's argmax and NaN check cost
+    ~85-120 us here against ~5-10 for numpy. Returns None where it does not apply (other
+    devices or dtypes); :func:`choose_tokens` handles every case.
     """
     import numpy as np
     import torch
 
     if logits.device.type != "cpu" or logits.dtype not in (torch.float32, torch.float64):
-        return bool(logits.isnan().any())
+        return None
     values = logits.detach().numpy()
-    if chosen is not None:
-        values = values[np.arange(values.shape[0]), chosen.numpy()]
-    return bool(np.isnan(values).any())
+    picked = values.argmax(axis=-1)
+    return picked.tolist(), bool(np.isnan(values[np.arange(values.shape[0]), picked]).any())
 
 
 def choose_tokens(

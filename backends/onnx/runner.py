@@ -27,6 +27,7 @@ loaded machine (other processes on the cores) the gap at 3000 was similar or wid
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
 import weakref
 from collections.abc import Mapping
@@ -76,15 +77,20 @@ class KVBuffers:
     """Preallocated KV buffers of one batch size, and the IOBinding that binds them.
 
     ``arrays`` are the numpy buffers (state order, ``[batch, kv_heads, capacity, head_dim]``),
-    ``values`` the OrtValues over the same memory. ``binding`` binds them as both past and
-    present, and ``outputs`` (preallocated arrays for the fixed-shape plain outputs, the
-    logits) once: rebinding ~60 tensors every step cost ~5% of an int4 decode step.
+    ``values`` the OrtValues over the same memory. ``bindings`` are two IOBindings that
+    bind them as both past and present, each with its own preallocated arrays for the
+    other (fixed-shape) outputs, the logits: rebinding ~60 tensors every step cost ~5% of
+    an int4 decode step. Steps alternate between the two, so the logits handed out by one
+    step stay the caller's through the next; a binding whose arrays are still held after
+    that gets fresh ones (see ``OnnxRunner._run_shared``).
     """
 
     arrays: list[np.ndarray]
     values: list[Any]
-    binding: Any = dataclasses.field(default=None, repr=False)
-    outputs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
+    bindings: list[Any] = dataclasses.field(default_factory=list, repr=False)
+    outputs: list[dict[str, np.ndarray]] = dataclasses.field(default_factory=list, repr=False)
+    turn: int = 0
+    unheld: int = 0
 
     @property
     def batch(self) -> int:
@@ -302,9 +308,18 @@ class OnnxRunner(Runner):
                 f"{state.capacity} (backend.max_cache_len, capped at the model's context length "
                 f"{self.signature.meta.get('context_length', '?')}). Raise backend.max_cache_len, use a "
                 f"shorter prompt or fewer new tokens, or backend.kv_cache=concat.")
-        if state.buffers.binding is None:
-            self._bind(state.buffers)
-        binding = state.buffers.binding
+        buffers = state.buffers
+        if not buffers.bindings:
+            self._bind(buffers)
+        turn = buffers.turn
+        buffers.turn = 1 - turn
+        binding, arrays = buffers.bindings[turn], buffers.outputs[turn]
+        for name in arrays:
+            if _references(arrays, name) > buffers.unheld:
+                # A caller still holds the logits this binding produced two steps ago (a
+                # tensor from torch.from_numpy keeps its array referenced): fresh memory.
+                fresh = arrays[name] = np.empty_like(arrays[name])
+                binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(fresh))
         for name, value in feed.items():
             binding.bind_cpu_input(name, value)
         try:
@@ -313,19 +328,18 @@ class OnnxRunner(Runner):
             shapes = {k: list(v.shape) for k, v in feed.items()}
             raise GenerationError(f"ONNX Runtime rejected the step inputs {shapes} (KV cache length "
                                   f"{state.length}, shared buffer of {state.capacity}). Details: {e}") from e
-        # Hand out the arrays ONNX Runtime wrote and bind fresh ones for the next step: a
-        # copy would be one more pass over logits half written by another core (~50 us).
+        # Hand out the arrays ONNX Runtime wrote (a copy would be one more pass over logits
+        # half written by another core, ~50 us); see KVBuffers for when they are reused.
         outputs = {}
-        for name, array in state.buffers.outputs.items():
+        for name, array in arrays.items():
             t = torch.from_numpy(array)
             outputs[name] = t.float() if array.dtype == np.float16 else t
-            fresh = state.buffers.outputs[name] = np.empty_like(array)
-            binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(fresh))
         return StepOutput(outputs, SharedKV(state.buffers, total, state.lease))
 
     def _bind(self, buffers: KVBuffers) -> None:
-        """Bind ``buffers`` as past and present, and preallocated arrays as the other outputs, once."""
-        binding = self.session.io_binding()
+        """Make ``buffers``' two bindings: its KV buffers as past and present, and fresh
+        arrays for the other outputs (which must have fixed shapes but for the batch)."""
+        shapes = {}
         for name in self.signature.output_names:
             if name in self._state_out:
                 continue
@@ -335,18 +349,29 @@ class OnnxRunner(Runner):
                 # Only the fused graph shares buffers, and its outputs are [batch, vocab].
                 raise GenerationError(f"kv_cache=shared needs fixed-shape outputs besides the batch; "
                                       f"{name!r} is {list(spec.shape)}: use backend.kv_cache=concat")
-            buffers.outputs[name] = np.empty(shape, dtype=self._np_dtype(spec.dtype))
-        for name, array in buffers.outputs.items():
-            binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(array))
-        for name, value in zip(self.signature.state_inputs, buffers.values, strict=True):
-            binding.bind_ortvalue_input(name, value)
-        for out, index in self._state_out.items():
-            binding.bind_ortvalue_output(out, buffers.values[index])
-        buffers.binding = binding
+            shapes[name] = (shape, self._np_dtype(spec.dtype))
+        for _ in range(2):
+            binding = self.session.io_binding()
+            arrays = {name: np.empty(shape, dtype=dtype) for name, (shape, dtype) in shapes.items()}
+            for name in arrays:
+                binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(arrays[name]))
+            for name, value in zip(self.signature.state_inputs, buffers.values, strict=True):
+                binding.bind_ortvalue_input(name, value)
+            for out, index in self._state_out.items():
+                binding.bind_ortvalue_output(out, buffers.values[index])
+            buffers.bindings.append(binding)
+            buffers.outputs.append(arrays)
+        # The count of an array nobody else holds, measured the way _run_shared measures
+        # (no local name may refer to one here, or the count would be one too high).
+        buffers.unheld = min((_references(arrays, name) for name in arrays), default=0)
 
     def close(self) -> None:
         self.session = None
         self._spare = None
+
+
+def _references(arrays: dict[str, np.ndarray], name: str) -> int:
+    return sys.getrefcount(arrays[name])
 
 
 def _recycle(runner_ref: weakref.ref, buffers: KVBuffers) -> None:
