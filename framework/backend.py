@@ -65,6 +65,11 @@ class Runner(ABC):
     #: to one thread while it drives the runner, so torch's idle OpenMP workers do not spin
     #: on the cores the runtime needs between its steps.
     uses_torch_threads: bool = True
+    #: Whether ``run`` also takes numpy int64 arrays as the step inputs (a runner that
+    #: converts them to numpy anyway, like ONNX Runtime's). The generation loop then feeds
+    #: numpy between steps and skips the torch calls, which cost 20-40 us each right after
+    #: a step has pushed the weights through the CPU caches.
+    accepts_numpy: bool = False
 
     @abstractmethod
     def new_state(self, batch_size: int) -> Any:

@@ -200,14 +200,14 @@ def greedy_pick(logits: torch.Tensor) -> tuple[list[int], bool] | None:
     ~85-120 us here against ~5-10 for numpy. Returns None where it does not apply (other
     devices or dtypes); :func:`choose_tokens` handles every case.
     """
-    import numpy as np
-    import torch
-
-    if logits.device.type != "cpu" or logits.dtype not in (torch.float32, torch.float64):
+    try:
+        values = logits.numpy()  # a CPU tensor without grad
+    except (TypeError, RuntimeError):  # another device, bfloat16, or requires_grad
         return None
-    values = logits.detach().numpy()
-    picked = values.argmax(axis=-1)
-    return picked.tolist(), bool(np.isnan(values[np.arange(values.shape[0]), picked]).any())
+    if values.dtype.kind != "f":
+        return None
+    tokens = values.argmax(axis=-1).tolist()
+    return tokens, any(math.isnan(values[row, token]) for row, token in enumerate(tokens))
 
 
 def choose_tokens(

@@ -143,6 +143,8 @@ class OnnxRunner(Runner):
 
     #: The model runs on ONNX Runtime's threads; torch only does light work between steps.
     uses_torch_threads = False
+    #: Step inputs may be numpy arrays (they become numpy for ONNX Runtime anyway).
+    accepts_numpy = True
 
     def __init__(self, model_path: Path, signature: StepSignature, cfg: OnnxBackendConfig,
                  *, dtype: str = "fp32") -> None:

@@ -14,6 +14,7 @@ from plugstack.sampling import (
     apply_top_k,
     apply_top_p,
     choose_tokens,
+    greedy_pick,
     process_logits,
     sampling_distribution,
 )
@@ -118,3 +119,18 @@ def test_sampling_follows_the_filtered_distribution():
     expected = (logits[0] / 2).softmax(-1)
     observed = torch.bincount(tokens, minlength=4) / len(tokens)
     torch.testing.assert_close(observed, expected, atol=0.03, rtol=0)
+
+
+def test_greedy_pick_matches_argmax_and_sees_a_nan_only_at_the_pick():
+    logits = torch.randn(3, 50)
+    tokens, nan = greedy_pick(logits)
+    assert tokens == logits.argmax(-1).tolist() and nan is False
+    logits[1, 7] = float("nan")  # anywhere in a row: argmax picks it, so the check sees it
+    tokens, nan = greedy_pick(logits)
+    assert tokens[1] == 7 and nan is True
+
+
+@pytest.mark.parametrize("make", [lambda t: t.to(torch.bfloat16), lambda t: t.requires_grad_()],
+                         ids=["bfloat16", "requires_grad"])
+def test_greedy_pick_declines_what_numpy_cannot_view(make):
+    assert greedy_pick(make(torch.randn(2, 10))) is None
