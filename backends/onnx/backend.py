@@ -240,6 +240,10 @@ class OnnxBackend(Backend):
         # memory, so only a CPU session appends in place; others keep concatenating.
         if opts.kv_cache == "shared" and graph == "fused" and runner.providers[0] == "CPUExecutionProvider":
             runner.share_kv_buffers(self.cache_capacity(model))
+        # ONNX Runtime's CPU GroupQueryAttention refuses several new tokens on top of a cache
+        # when batch > 1 ("batch_size must be 1 when sequence_length > 1 and past context is
+        # given"): such a step runs token by token instead.
+        runner.chunks_token_by_token = graph == "fused" and runner.providers[0] == "CPUExecutionProvider"
         log.info("onnx.prepare.done", model=model.name, graph=graph, quantize=opts.quantize,
                  kv_cache=runner.kv_cache, kv_capacity=runner.capacity or None,
                  providers=runner.providers, cached=not entry.built, path=str(entry.model_path))

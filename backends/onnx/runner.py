@@ -169,6 +169,9 @@ class OnnxRunner(Runner):
         self.kv_cache = "concat"
         #: Positions each shared buffer holds (0 with ``concat``).
         self.capacity = 0
+        #: Run a multi-token step on a non-empty cache with batch > 1 one token at a time
+        #: (set by OnnxBackend.prepare where the graph's attention cannot do it at once).
+        self.chunks_token_by_token = False
         #: Buffers whose last SharedKV was dropped, kept for the next new_state.
         self._spare: KVBuffers | None = None
         self._spare_lock = threading.Lock()
@@ -247,6 +250,10 @@ class OnnxRunner(Runner):
         if state is None and self.signature.state:
             batch = np.shape(next(iter(inputs.values())))[0]
             state = self.new_state(batch)
+        if self.chunks_token_by_token and state is not None and self.state_length(state):
+            shape = np.shape(self._input(inputs, "input_ids"))
+            if len(shape) == 2 and shape[0] > 1 and shape[1] > 1:
+                return self._run_token_by_token(inputs, state)
         if isinstance(state, SharedKV):
             return self._run_shared(inputs, state)
         if self.kv_cache == "shared" and state:
@@ -278,6 +285,19 @@ class OnnxRunner(Runner):
                 t = torch.from_numpy(value)
                 outputs[name] = t.float() if t.is_floating_point() else t
         return StepOutput(outputs, next_state)
+
+    def _run_token_by_token(self, inputs: Mapping[str, Any], state: Any) -> StepOutput:
+        """One step of several new tokens as that many one-token steps: the same cache and
+        last-position logits, since each token only attends to what precedes it."""
+        ids, positions, mask = (self._to_numpy(n, self._input(inputs, n))
+                                for n in ("input_ids", "position_ids", "attention_mask"))
+        past = mask.shape[1] - ids.shape[1]
+        out = StepOutput({}, state)
+        for j in range(ids.shape[1]):
+            step = {"input_ids": ids[:, j : j + 1], "position_ids": positions[:, j : j + 1],
+                    "attention_mask": mask[:, : past + j + 1]}
+            out = self.run(step, out.state)
+        return out
 
     def _input(self, inputs: Mapping[str, Any], name: str) -> Any:
         try:

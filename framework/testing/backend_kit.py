@@ -25,7 +25,8 @@ test module subclasses :class:`BackendConformance` and overrides fixtures::
 
 Every test runs a tiny random Llama (:func:`tiny_decoder_model`) on the backend and
 compares it with the eager fp32 PyTorch reference: prefill logits, KV-cache decoding over
-8 steps, prefill split in two chunks, a left-padded batch against its rows run alone,
+8 steps, prefill split in two chunks, a left-padded batch against its rows run alone
+(also when the batch gets several new tokens on top of its cache),
 ``new_state``/``state_length``, reduced precision, unsupported options, ``close``.
 
 Skips are part of the contract, not a way to hide failures: a test that needs a
@@ -244,6 +245,24 @@ class BackendConformance:
             alone_logits = [alone.feed([prompt])] + [alone.feed([[t]]) for t in follow[row]]
             for step, (b, a) in enumerate(zip(batch_logits, alone_logits, strict=True)):
                 _assert_close(b[row : row + 1], a, self.atol, f"row {row} (left-padded in a batch of 2), step {step}")
+
+    def test_batch_chunk_on_a_cache_matches_rows_alone(self, runner: Runner, capabilities: set[str]) -> None:
+        """Several new tokens per row on top of a cache, batch > 1 (chunked prefill while a
+        batch runs): the logits, and the next step from the cache, equal each row alone."""
+        self._need(capabilities, "batch")
+        prompts = [PROMPT[:7], SHORT_PROMPT]
+        chunks = [[9, 77, 2], [101, 4, 66]]
+        batch = DecoderDriver(runner, 2)
+        batch.feed(*DecoderDriver.left_padded(prompts))
+        batch_logits = [batch.feed(chunks), batch.feed([[5], [6]])]
+        assert batch.length == 7 + 3 + 1, "state_length after prefill, a 3-token chunk and a step"
+        for row, prompt in enumerate(prompts):
+            alone = DecoderDriver(runner, 1)
+            alone.feed([prompt])
+            alone_logits = [alone.feed([chunks[row]]), alone.feed([[5 + row]])]
+            for step, (b, a) in enumerate(zip(batch_logits, alone_logits, strict=True)):
+                what = f"row {row} of a batch of 2, {'the 3-token chunk' if step == 0 else 'the step after it'}"
+                _assert_close(b[row : row + 1], a, self.atol, what)
 
     def test_new_state_and_state_length(self, runner: Runner) -> None:
         driver = DecoderDriver(runner, 2)
