@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -132,23 +133,37 @@ def _fit_prompts(
     return prompts
 
 
+_threads_lock = threading.Lock()
+_threads_users = 0  # loops inside _torch_threads_for now
+_threads_saved = 0  # torch's thread count before the first of them came in
+
+
 @contextlib.contextmanager
 def _torch_threads_for(runner: Runner) -> Iterator[None]:
     """Keep torch to one thread while driving a runner whose compute runs outside torch
     (``Runner.uses_torch_threads`` is False, e.g. ONNX Runtime): the loop's light torch work
     would otherwise wake torch's thread pool, whose spinning workers compete with the
-    runtime's threads (SmolLM2 int4 on ONNX Runtime: ~130 -> ~180 tok/s)."""
+    runtime's threads (SmolLM2 int4 on ONNX Runtime: ~130 -> ~180 tok/s). Concurrent loops
+    share this: the first one in lowers the count, the last one out restores it."""
+    global _threads_users, _threads_saved
     import torch
 
-    if getattr(runner, "uses_torch_threads", True) or torch.get_num_threads() == 1:
+    if getattr(runner, "uses_torch_threads", True):
         yield
         return
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_saved = torch.get_num_threads()
+            if _threads_saved != 1:
+                torch.set_num_threads(1)
+        _threads_users += 1
     try:
         yield
     finally:
-        torch.set_num_threads(saved)
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0 and _threads_saved != 1:
+                torch.set_num_threads(_threads_saved)
 
 
 def _decode_loop(

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -226,6 +227,22 @@ def test_shared_kv_buffers_are_reused_once_no_state_holds_them(shared_runner, ea
     # Another batch size never takes them.
     del again
     assert shared_runner.new_state(2).batch == 2
+
+
+def test_concurrent_generations_on_one_runner_get_their_own_buffers(shared_runner):
+    prompts = [[5, 17, 99, 3], [42, 7, 8], [1, 2, 3, 4, 5], [60, 61]]
+    params = SamplingParams(max_new_tokens=6, ignore_eos=True)
+    want = [generate_ids(shared_runner, [p], params)[0].token_ids for p in prompts]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # each loop lowers it to 1 while it runs; the last one out restores it
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for _ in range(3):  # buffers are handed back and taken again between rounds
+                got = list(pool.map(lambda p: generate_ids(shared_runner, [p], params)[0].token_ids, prompts))
+                assert got == want
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_exported_graph_keeps_concatenating_whatever_kv_cache_says(fp32_runner):
