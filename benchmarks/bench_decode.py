@@ -18,7 +18,9 @@ Timing runs round-robin over all systems (``--repeats`` rounds, medians), so loa
 other processes hits every system alike. plugstack rows are timed through
 ``plugstack.generation.generate_ids`` (the loop every app uses), peers through their own
 generation APIs. Columns: prefill ms (prompt -> first token), decode tok/s (the other
-new tokens), the decode ratio to transformers fp32, and for every plugstack variant its quality against
+new tokens), the decode ratio to transformers fp32, step ms p50 (the median gap between
+consecutive new tokens over every round: steadier than whole-run medians on a noisy
+machine), and for every plugstack variant its quality against
 plugstack's eager fp32 teacher-forced on the eager fp32 greedy text: top-1 agreement
 (share of steps whose argmax is the fp32 token) and the mean KL(fp32 || variant). Peers
 expose no comparable logits, so for every row the last quality column compares the free
@@ -64,6 +66,30 @@ def parse() -> argparse.Namespace:
     if args.no_transformers and "transformers" in args.peers:
         args.peers.remove("transformers")
     return args
+
+
+class StepClock:
+    """Times each decode step: ``on_token`` for plugstack's loop, ``put``/``end`` as a
+    transformers streamer. ``steps()`` gives the gaps between consecutive new tokens."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+        self._puts = 0
+
+    def on_token(self, row: int, token: int) -> bool:
+        self.stamps.append(time.perf_counter())
+        return False
+
+    def put(self, value) -> None:
+        self._puts += 1
+        if self._puts > 1:  # the first call carries the prompt
+            self.stamps.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+    def steps(self) -> list[float]:
+        return [b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)]
 
 
 def greedy_run(runner, prompt_ids: list[int], n: int, forced: list[int] | None = None):
@@ -197,7 +223,7 @@ def genai_peer(path: Path, threads: int, prompt_ids: list[int], n: int):
     genai = og.Model(config)
     length = len(prompt_ids) + n
 
-    def run() -> tuple[list[int], float, float]:
+    def run() -> tuple[list[int], float, float, list[float]]:
         params = og.GeneratorParams(genai)
         # min_length = max_length: exactly n new tokens, like the other systems (EOS does not stop it).
         params.set_search_options(do_sample=False, max_length=length, min_length=length)
@@ -206,11 +232,15 @@ def genai_peer(path: Path, threads: int, prompt_ids: list[int], n: int):
         gen.append_tokens(prompt_ids)
         gen.generate_next_token()
         tokens = [int(gen.get_next_tokens()[0])]
-        t1 = time.perf_counter()
+        t1 = last = time.perf_counter()
+        steps = []
         for _ in range(n - 1):
             gen.generate_next_token()
             tokens.append(int(gen.get_next_tokens()[0]))
-        return tokens, t1 - t0, time.perf_counter() - t1
+            now = time.perf_counter()
+            steps.append(now - last)
+            last = now
+        return tokens, t1 - t0, last - t1, steps
 
     return run
 
@@ -222,16 +252,20 @@ def llama_cpp_peer(gguf: Path, threads: int, prompt_ids: list[int], n: int):
     llm = Llama(model_path=str(gguf), n_ctx=len(prompt_ids) + n + 16, n_threads=threads,
                 n_threads_batch=threads, verbose=False)
 
-    def run() -> tuple[list[int], float, float]:
+    def run() -> tuple[list[int], float, float, list[float]]:
         llm.reset()  # else generate() reuses the cached prompt and prefill costs nothing
-        steps = llm.generate(prompt_ids, top_k=1, temp=0.0, reset=True)
+        gen = llm.generate(prompt_ids, top_k=1, temp=0.0, reset=True)
         t0 = time.perf_counter()
-        tokens = [next(steps)]
-        t1 = time.perf_counter()
-        tokens += [next(steps) for _ in range(n - 1)]
-        t2 = time.perf_counter()
-        steps.close()
-        return tokens, t1 - t0, t2 - t1
+        tokens = [next(gen)]
+        t1 = last = time.perf_counter()
+        steps = []
+        for _ in range(n - 1):
+            tokens.append(next(gen))
+            now = time.perf_counter()
+            steps.append(now - last)
+            last = now
+        gen.close()
+        return tokens, t1 - t0, last - t1, steps
 
     return run
 
@@ -288,13 +322,14 @@ def main() -> int:
         kw = dict(attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=tok.pad_token_id)
 
         @torch.inference_mode()
-        def time_hf() -> tuple[float, float]:
+        def time_hf() -> tuple[float, float, list[float]]:
             t0 = time.perf_counter()
             hf.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)
             prefill = time.perf_counter() - t0
+            clock = StepClock()  # as a streamer: called with the prompt, then with each new token
             t0 = time.perf_counter()
-            hf.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
-            return prefill, time.perf_counter() - t0 - prefill
+            hf.generate(ids, max_new_tokens=n, min_new_tokens=n, streamer=clock, **kw)
+            return prefill, time.perf_counter() - t0 - prefill, clock.steps()
 
         with torch.inference_mode():
             hf.generate(ids, max_new_tokens=8, min_new_tokens=8, **kw)  # warm-up
@@ -304,7 +339,7 @@ def main() -> int:
                          "note": "prefill = generate(1 token)"}, time_hf))
 
     # -- optional peers, each skipped (with the reason) when its package is missing -----------
-    def add_peer(name: str, run: Callable[[], tuple[list[int], float, float]], note: str) -> None:
+    def add_peer(name: str, run: Callable[[], tuple[list[int], float, float, list[float]]], note: str) -> None:
         run()  # warm-up
         systems.append(({"system": name, "kind": "peer", "same_text": agreement(run()[0], ref_tokens, eos),
                          "note": note}, lambda: run()[1:]))
@@ -337,13 +372,14 @@ def main() -> int:
 
     greedy_n = SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=True)
 
-    def timer(runner) -> Callable[[], tuple[float, float]]:
+    def timer(runner) -> Callable[[], tuple[float, float, list[float]]]:
         # Timed through plugstack's own generation loop (sampling, masks, thread policy
         # included), as users run it; greedy_run above is only for the quality columns.
-        def run() -> tuple[float, float]:
-            result = generate_ids(runner, [prompt_ids], greedy_n)[0]
+        def run() -> tuple[float, float, list[float]]:
+            clock = StepClock()
+            result = generate_ids(runner, [prompt_ids], greedy_n, on_token=clock.on_token)[0]
             assert len(result.token_ids) == n, result.finish_reason
-            return result.timings.prefill_s, result.timings.decode_s
+            return result.timings.prefill_s, result.timings.decode_s, clock.steps()
 
         return run
 
@@ -374,16 +410,21 @@ def main() -> int:
                         timer(runner)))
 
     # -- timing: round-robin, so a noisy neighbour slows every system alike; medians --------
-    samples: list[list[tuple[float, float]]] = [[] for _ in systems]
+    samples: list[list[tuple[float, float, list[float]]]] = [[] for _ in systems]
     for r in range(args.repeats):
         for i, (_, measure) in enumerate(systems):
+            # ONNX Runtime's workers (ours and onnxruntime-genai's) spin ~60 ms after their
+            # last step; let them stop, so the next system starts on idle cores.
+            time.sleep(0.15)
             samples[i].append(measure())
         console.print(f"timing round {r + 1}/{args.repeats} done")
     rows = []
     for (row, _), got in zip(systems, samples, strict=True):
-        prefills = sorted(p for p, _ in got)
-        tps = sorted((n - 1) / d for _, d in got)
-        rows.append({**row, "prefill": prefills[len(prefills) // 2], "tps": tps[len(tps) // 2]})
+        prefills = sorted(p for p, _, _ in got)
+        tps = sorted((n - 1) / d for _, d, _ in got)
+        steps = sorted(t for _, _, ts in got for t in ts)
+        rows.append({**row, "prefill": prefills[len(prefills) // 2], "tps": tps[len(tps) // 2],
+                     "step_p50": steps[len(steps) // 2] if steps else float("nan")})
 
     base = next((r["tps"] for r in rows if r["system"].startswith("transformers")), None)
     table = Table(title=f"SmolLM2-135M decode, batch 1, {args.threads} threads, prompt {len(prompt_ids)} "
@@ -391,8 +432,8 @@ def main() -> int:
                   caption="top-1 / KL: teacher-forced on plugstack eager fp32's text (plugstack rows only); "
                           "greedy = eager fp32: the free greedy continuation ('yes, to EOS at k': equal until eager "
                           "fp32 ends its answer; 'first k/n': k leading tokens equal)")
-    for col in ("kind", "system", "prefill ms", "decode tok/s", "x transformers", "top-1 vs fp32", "mean KL",
-                "greedy = eager fp32", "note"):
+    for col in ("kind", "system", "prefill ms", "decode tok/s", "x transformers", "step ms p50", "top-1 vs fp32",
+                "mean KL", "greedy = eager fp32", "note"):
         table.add_column(col, justify="left" if col in ("kind", "system", "note") else "right")
     for kind in ("peer", "plugstack"):
         for r in (r for r in rows if r["kind"] == kind):
@@ -401,7 +442,7 @@ def main() -> int:
                 note += f"; max |logit diff| {r['max_abs']:.2e}"
             table.add_row(
                 kind, r["system"], f"{r['prefill'] * 1000:.0f}", f"{r['tps']:.1f}",
-                f"{r['tps'] / base:.2f}x" if base else "-",
+                f"{r['tps'] / base:.2f}x" if base else "-", f"{r['step_p50'] * 1000:.2f}",
                 f"{r['top1'] * 100:.1f}%" if "top1" in r else "-",
                 f"{r['kl']:.4f}" if "kl" in r else "-", r["same_text"], note,
             )
