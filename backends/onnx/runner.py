@@ -64,11 +64,12 @@ def session_options(cfg: OnnxBackendConfig) -> ort.SessionOptions:
     so.inter_op_num_threads = 1
     so.log_severity_level = 4  # failures reach the user as GenerationError with ORT's message
     # Spin-wait inside a run (hundreds of small kernels per decode step: waking sleeping
-    # threads for each costs ~1.4x on SmolLM2 int4), but stop spinning when the run returns:
-    # threads left spinning between runs stole the cores from torch in the same process
-    # (transformers beside idle sessions fell from 17.7 to 5.4 tok/s).
+    # threads for each costs ~1.4x on SmolLM2 int4). Between runs, by default, too: the
+    # workers spin ~60 ms after a step and the next one finds them awake (~5% a step);
+    # spin_between_runs=false stops them as each run returns, for processes whose torch
+    # work must not lose a core to them (see OnnxBackendConfig).
     so.add_session_config_entry("session.intra_op.allow_spinning", "1")
-    so.add_session_config_entry("session.force_spinning_stop", "1")
+    so.add_session_config_entry("session.force_spinning_stop", "0" if cfg.spin_between_runs else "1")
     return so
 
 

@@ -245,6 +245,15 @@ def test_concurrent_generations_on_one_runner_get_their_own_buffers(shared_runne
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("spin, stop", [(True, "0"), (False, "1")])
+def test_spin_between_runs_sets_whether_onnx_runtime_stops_spinning(spin, stop):
+    from plugstack.backends.onnx.runner import session_options
+
+    options = session_options(OnnxBackendConfig(spin_between_runs=spin))
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert options.get_session_config_entry("session.force_spinning_stop") == stop
+
+
 def test_exported_graph_keeps_concatenating_whatever_kv_cache_says(fp32_runner):
     assert OnnxBackendConfig().kv_cache == "shared" and fp32_runner.kv_cache == "concat"
     assert isinstance(fp32_runner.new_state(1), list)
