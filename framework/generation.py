@@ -215,7 +215,7 @@ def _decode_loop(
 
     # A runner that takes numpy step inputs (ONNX Runtime's does) gets them without torch
     # in between steps: each torch call there costs 20-40 us (see above), numpy's less.
-    if getattr(runner, "accepts_numpy", False):  # (getattr: runners predating the attribute)
+    if getattr(runner, "accepts_numpy", False):  # (getattr: duck-typed runners lack it)
         import numpy as np
 
         feed_mask = mask_buffer.numpy()  # the same memory
@@ -269,7 +269,7 @@ def _decode_loop(
                     elif context_length is not None and lengths[b] + len(generated[b]) >= context_length:
                         finish[b] = "length"
                 if finish[b] is not None:
-                    mask_buffer[b, mask.shape[1] :] = 0  # the row's later tokens are padding
+                    mask_buffer[b, width_now:] = 0  # the row's later tokens are padding
             elapsed = time.perf_counter() - t0
             if prefilled:
                 t_decode += elapsed

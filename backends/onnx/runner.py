@@ -75,7 +75,7 @@ def session_options(cfg: OnnxBackendConfig) -> ort.SessionOptions:
 
 @dataclass
 class KVBuffers:
-    """Preallocated KV buffers of one batch size, and the IOBinding that binds them.
+    """Preallocated KV buffers of one batch size, and the two IOBindings that bind them.
 
     ``arrays`` are the numpy buffers (state order, ``[batch, kv_heads, capacity, head_dim]``),
     ``values`` the OrtValues over the same memory. ``bindings`` are two IOBindings that
@@ -104,7 +104,7 @@ class KVBuffers:
 
 class _Lease:
     """Held by every SharedKV of one sequence of steps; when the last is dropped, the
-    runner takes the buffers back for the next ``new_state`` (see ``OnnxRunner._recycle``)."""
+    runner takes the buffers back for the next ``new_state`` (see ``_recycle``)."""
 
 
 @dataclass
@@ -251,6 +251,8 @@ class OnnxRunner(Runner):
         if state is None and self.signature.state:
             batch = np.shape(next(iter(inputs.values())))[0]
             state = self.new_state(batch)
+        for name in self._unread:
+            self._input(inputs, name)
         if self.chunks_token_by_token and state is not None and self.state_length(state):
             shape = np.shape(self._input(inputs, "input_ids"))
             if len(shape) == 2 and shape[0] > 1 and shape[1] > 1:
@@ -260,8 +262,6 @@ class OnnxRunner(Runner):
         if self.kv_cache == "shared" and state:
             raise GenerationError("this runner keeps its KV cache in shared buffers (backend.kv_cache=shared): "
                                   "pass the state from its new_state() or previous run(), not a list of arrays")
-        for name in self._unread:
-            self._input(inputs, name)
         feed: dict[str, np.ndarray] = {}
         for name in self._feed_names:
             if name in self._state_index:
@@ -308,8 +308,6 @@ class OnnxRunner(Runner):
 
     def _run_shared(self, inputs: Mapping[str, Any], state: SharedKV) -> StepOutput:
         """One step with the KV cache appended in place to ``state``'s buffers (IOBinding)."""
-        for name in self._unread:
-            self._input(inputs, name)
         feed = {name: self._to_numpy(name, self._input(inputs, name))
                 for name in self._feed_names if name not in self._state_index}
         ids, mask = feed.get("input_ids"), feed.get("attention_mask")
