@@ -238,12 +238,13 @@ class OnnxBackend(Backend):
         # sharing one buffer at run time), so kv_cache is not part of the cache key; the
         # verification above ran the graph with concatenated state. The buffers are host
         # memory, so only a CPU session appends in place; others keep concatenating.
-        if opts.kv_cache == "shared" and graph == "fused" and runner.providers[0] == "CPUExecutionProvider":
+        fused_on_cpu = graph == "fused" and runner.providers[0] == "CPUExecutionProvider"
+        if opts.kv_cache == "shared" and fused_on_cpu:
             runner.share_kv_buffers(self.cache_capacity(model))
         # ONNX Runtime's CPU GroupQueryAttention refuses several new tokens on top of a cache
         # when batch > 1 ("batch_size must be 1 when sequence_length > 1 and past context is
         # given"): such a step runs token by token instead.
-        runner.chunks_token_by_token = graph == "fused" and runner.providers[0] == "CPUExecutionProvider"
+        runner.chunks_token_by_token = fused_on_cpu
         log.info("onnx.prepare.done", model=model.name, graph=graph, quantize=opts.quantize,
                  kv_cache=runner.kv_cache, kv_capacity=runner.capacity or None,
                  providers=runner.providers, cached=not entry.built, path=str(entry.model_path))
