@@ -1,10 +1,14 @@
 """Plugin discovery and the registry of backends, models and applications.
 
 Plugins (built-in and third-party alike) are modules published under the ``plugstack``
-entry-point group. Each one is imported and registered on its own: a plugin that fails
-to import, or whose registration hook raises, is recorded as broken with its error and
-everything else keeps working. ``PLUGSTACK_STRICT_PLUGINS=1`` turns such failures into
-errors (for plugin authors' CI); ``PLUGSTACK_DISABLE_PLUGINS=a,b`` skips named plugins.
+entry-point group; built-ins are loaded first, so a third-party plugin reusing a built-in's
+name is the one reported. Every hook is called through pluggy, once per call, so wrappers,
+``tryfirst``/``trylast`` and blocking work as pluggy documents; on top of that each plugin's
+implementations are guarded (:mod:`plugstack.isolation`): a plugin that fails to import, or
+whose registration hook raises, is recorded as broken with its error, loses everything it
+registered, and everything else keeps working. ``PLUGSTACK_STRICT_PLUGINS=1`` turns such
+failures into errors (for plugin authors' CI); ``PLUGSTACK_DISABLE_PLUGINS=a,b`` blocks
+named plugins in pluggy (``set_blocked``) and never imports them.
 
 Nothing here imports torch or onnxruntime: factories given as ``"module:attr"`` strings
 are imported on first use.
@@ -17,6 +21,7 @@ import importlib.metadata
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -27,6 +32,7 @@ import structlog
 from . import hookspecs
 from .backend import Availability
 from .errors import DuplicatePluginError, PluginError, UnknownPluginError
+from .isolation import PluginProxy, acting_plugin, track_producers
 
 __all__ = ["KINDS", "Entry", "PluginRecord", "Registry", "get_registry", "reset_registry"]
 
@@ -39,6 +45,7 @@ KINDS = {
     "app": "plugstack_register_apps",
 }
 ENTRY_POINT_GROUP = "plugstack"
+BUILTIN_DISTRIBUTION = "plugstack"
 STRICT_ENV = "PLUGSTACK_STRICT_PLUGINS"
 DISABLE_ENV = "PLUGSTACK_DISABLE_PLUGINS"
 
@@ -49,6 +56,15 @@ def _env_flag(name: str) -> bool:
 
 def _env_list(name: str) -> set[str]:
     return {p.strip() for p in os.environ.get(name, "").split(",") if p.strip()}
+
+
+def _distribution(ep: importlib.metadata.EntryPoint) -> str | None:
+    dist = getattr(ep, "dist", None)
+    return dist.metadata["Name"] if dist is not None else None
+
+
+def _origin(record: PluginRecord) -> str:
+    return f"distribution {record.distribution!r}" if record.distribution else repr(record.module)
 
 
 def schema_name(kind: str, name: str) -> str:
@@ -133,6 +149,31 @@ class PluginRecord:
         }
 
 
+@dataclass(frozen=True)
+class _Failure:
+    """One hook implementation that raised during one hook call."""
+
+    plugin: str
+    hook: str
+    error: Exception
+
+    def error_text(self) -> str:
+        return f"{type(self.error).__name__}: {self.error}"
+
+    def describe(self) -> str:
+        return f"{self.hook} raised {self.error_text()}"
+
+    def fatal(self) -> PluginError:
+        return PluginError(
+            f"Plugin {self.plugin!r} failed in {self.hook}: {self.error_text()}. "
+            f"Fix or uninstall it, or set {DISABLE_ENV}={self.plugin}."
+        )
+
+
+#: The failures of the hook call in progress (one list per ``Registry._call``).
+_failures: ContextVar[list[_Failure] | None] = ContextVar("plugstack_hook_failures", default=None)
+
+
 class Registry:
     """Discovers plugins and answers "which factory is behind this name?"."""
 
@@ -147,13 +188,17 @@ class Registry:
         self.disabled = _env_list(DISABLE_ENV) if disabled is None else set(disabled)
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
+        for name in sorted(self.disabled):
+            self.pm.set_blocked(name)  # discovery asks pluggy, and skips the import
         self.plugins: dict[str, PluginRecord] = {}
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         self._aliases: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
         if entry_points is None:
             entry_points = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
-        for ep in entry_points:
+        # Built-ins first (a stable sort): a third-party name clashing with one is the loser.
+        for ep in sorted(entry_points, key=lambda ep: _distribution(ep) != BUILTIN_DISTRIBUTION):
             self._load_entry_point(ep)
+        self._run_registration_hooks({kind: getattr(self.pm.hook, hook) for kind, hook in KINDS.items()})
 
     # -- discovery -------------------------------------------------------------------
 
@@ -162,44 +207,78 @@ class Registry:
         record = PluginRecord(
             name=ep.name,
             module=ep.value,
-            distribution=dist.metadata["Name"] if dist is not None else None,
+            distribution=_distribution(ep),
             version=dist.version if dist is not None else None,
         )
-        if ep.name in self.plugins:
-            # Two distributions claim one plugin name: keep the first, report the second.
-            first = self.plugins[ep.name]
-            record.name = f"{ep.name} ({record.distribution})"
-            self._fail(record, f"plugin name {ep.name!r} is already taken by {first.distribution}")
+        if not self._claim(record):
             return
-        self.plugins[ep.name] = record
-        if ep.name in self.disabled:
-            record.status = "disabled"
+        if self.pm.is_blocked(ep.name):
+            record.status = "disabled"  # never imported
             return
         try:
             module = ep.load()
         except Exception as exc:
-            self._fail(record, f"import failed: {type(exc).__name__}: {exc}", exc)
+            self._break(record, f"import failed: {type(exc).__name__}: {exc}", exc)
             return
-        self.register_plugin(module, ep.name, record=record)
+        self._register(module, record)
 
-    def register_plugin(self, plugin: ModuleType | object, name: str, *, record: PluginRecord | None = None) -> None:
-        """Register a plugin object directly (tests, notebooks, embedding applications)."""
-        if record is None:
-            record = self.plugins.setdefault(name, PluginRecord(name=name, module=repr(plugin)))
+    def _claim(self, record: PluginRecord) -> bool:
+        """Give ``record`` its plugin name, unless a plugin loaded earlier has it."""
+        first = self.plugins.get(record.name)
+        if first is None:
+            self.plugins[record.name] = record
+            return True
+        taken = record.name
+        record.name = f"{taken} ({record.distribution or record.module})"
+        self.plugins[record.name] = record
+        self._break(
+            record,
+            f"plugin name {taken!r} is already taken by {_origin(first)}, so {_origin(record)} was not "
+            f"loaded; publish its entry point under another name",
+        )
+        return False
+
+    def _register(self, plugin: object, record: PluginRecord) -> bool:
+        """Register ``plugin``'s hook implementations, each guarded, with pluggy."""
         try:
-            self.pm.register(plugin, name=name)
+            proxy = PluginProxy(plugin, record.name, self.pm, self._hook_failed)
+            if self.pm.register(proxy, name=record.name) is None:
+                record.status = "disabled"  # blocked through self.pm after discovery
+                return False
         except Exception as exc:  # e.g. a hookimpl whose signature does not match its spec
-            self._fail(record, f"registration failed: {type(exc).__name__}: {exc}", exc)
-            return
-        for kind, hook_name in KINDS.items():
-            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
-                if impl.plugin_name == name:
-                    self._call_register_hook(impl, kind, record)
-                    if record.status == "broken":
-                        return
+            self._break(record, f"registration failed: {type(exc).__name__}: {exc}", exc)
+            return False
+        return True
 
-    def _call_register_hook(self, impl: pluggy.HookImpl, kind: str, record: PluginRecord) -> None:
-        added: list[Entry] = []
+    def register_plugin(self, plugin: ModuleType | object, name: str) -> None:
+        """Register a plugin object after discovery (tests, notebooks, embedding
+        applications) and run its registration hooks. Only this plugin's implementations
+        run (pluggy's ``subset_hook_caller``): other plugins' wrappers do not see this call."""
+        record = PluginRecord(name=name, module=repr(plugin))
+        if self.pm.is_blocked(name):
+            self.plugins.setdefault(name, record).status = "disabled"
+            return
+        if not (self._claim(record) and self._register(plugin, record)):
+            return
+        others = [p for p in self.pm.get_plugins() if p is not self.pm.get_plugin(name)]
+        self._run_registration_hooks({kind: self.pm.subset_hook_caller(hook, others) for kind, hook in KINDS.items()})
+
+    def _run_registration_hooks(self, callers: dict[str, pluggy.HookCaller]) -> None:
+        """Call each registration hook once, then apply the registrations in plugin load
+        order: "the first registration wins" does not depend on pluggy's call order."""
+        collected: list[tuple[Entry, bool]] = []
+        failures: list[_Failure] = []
+        for kind, caller in callers.items():
+            failures += self._call(caller, register=self._collector(kind, collected))[1]
+        for failure in failures:
+            self._break(self.plugins[failure.plugin], failure.describe(), failure.error)
+        order = {name: i for i, name in enumerate(self.plugins)}
+        for entry, override in sorted(collected, key=lambda item: order[item[0].plugin]):
+            if self.plugins[entry.plugin].status == "ok":
+                self._apply(entry, override)
+
+    def _collector(self, kind: str, into: list[tuple[Entry, bool]]) -> hookspecs.Register:
+        """The ``register`` callback of one registration hook call."""
 
         def register(
             name: str,
@@ -210,22 +289,24 @@ class Registry:
             aliases: Sequence[str] = (),
             override: bool = False,
         ) -> None:
-            entry = Entry(kind, name, factory, record.name, config, description, tuple(aliases))
-            self._add(entry, override=override)
-            added.append(entry)
-            record.provides.append((kind, name))
+            plugin = acting_plugin()
+            if plugin is None:
+                raise PluginError(
+                    f"register({name!r}, ...) was called outside a plugstack hook call; "
+                    f"call it from your {KINDS[kind]}(register) implementation"
+                )
+            into.append((Entry(kind, name, factory, plugin, config, description, tuple(aliases)), override))
 
+        return register
+
+    def _apply(self, entry: Entry, override: bool) -> None:
+        record = self.plugins[entry.plugin]
         try:
-            impl.function(register=register)
+            self._add(entry, override=override)
         except DuplicatePluginError as exc:
-            self._fail(record, str(exc), exc)
-        except Exception as exc:
-            self._fail(record, f"{impl.function.__name__} raised {type(exc).__name__}: {exc}", exc)
-        if record.status == "broken":
-            # Half a plugin is worse than none: drop what it registered before failing.
-            for entry in added:
-                self._remove(entry)
-            record.provides.clear()
+            self._break(record, str(exc), exc)
+            return
+        record.provides.append((entry.kind, entry.name))
 
     def _add(self, entry: Entry, *, override: bool) -> None:
         table, aliases = self._entries[entry.kind], self._aliases[entry.kind]
@@ -246,8 +327,18 @@ class Registry:
         for alias in entry.aliases:
             self._aliases[entry.kind].pop(alias, None)
 
-    def _fail(self, record: PluginRecord, message: str, exc: BaseException | None = None) -> None:
+    def _break(self, record: PluginRecord, message: str, exc: BaseException | None = None) -> None:
+        """Mark a plugin broken and drop its hooks and entries (fatal in strict mode)."""
+        if record.status == "broken":
+            return  # its first error is the one to fix, and it was logged
         record.status, record.error = "broken", message
+        # Half a plugin is worse than none.
+        if self.pm.get_plugin(record.name) is not None:
+            self.pm.unregister(name=record.name)
+        for kind in KINDS:
+            for entry in [e for e in self._entries[kind].values() if e.plugin == record.name]:
+                self._remove(entry)
+        record.provides.clear()
         if self.strict:
             raise PluginError(f"Plugin {record.name!r} ({record.module}) is broken: {message}") from exc
         log.warning(
@@ -257,6 +348,31 @@ class Registry:
             error=message,
             hint=f"fix or uninstall it, or set {DISABLE_ENV}={record.name}",
         )
+
+    # -- calling hooks ---------------------------------------------------------------
+
+    def _call(self, caller: pluggy.HookCaller, **kwargs: Any) -> tuple[Any, list[_Failure]]:
+        """Call a hook once through pluggy: its result and the implementations that failed."""
+        failures: list[_Failure] = []
+        token = _failures.set(failures)
+        try:
+            result = caller(**kwargs)
+        finally:
+            _failures.reset(token)
+        if self.strict and failures:  # a wrapper swallowed the PluginError: still fatal
+            raise failures[0].fatal() from failures[0].error
+        return result, failures
+
+    def _hook_failed(self, plugin: str, hook: str, error: Exception) -> None:
+        """Every guard's ``on_error``: note the failure for ``_call``; raise if strict."""
+        failure = _Failure(plugin, hook, error)
+        failures = _failures.get()
+        if failures is not None:
+            failures.append(failure)
+        if self.strict:
+            raise failure.fatal() from error
+        if failures is None:  # someone called self.pm.hook.<name>(...) directly
+            log.warning("plugin.hook_failed", plugin=plugin, hook=hook, error=failure.error_text())
 
     # -- lookup ----------------------------------------------------------------------
 
@@ -285,33 +401,27 @@ class Registry:
     # -- hooks other than registration -----------------------------------------------
 
     def config_searchpaths(self) -> list[tuple[str, str]]:
-        """(plugin name, search-path entry) pairs contributed by plugins, in load order."""
+        """(plugin name, search-path entry) pairs contributed by plugins, in pluggy's call
+        order: later-loaded plugins first, moved by ``tryfirst``/``trylast``."""
+        hook = self.pm.hook.plugstack_config_searchpath
+        wrappers = "+".join(i.plugin_name for i in hook.get_hookimpls() if i.wrapper or i.hookwrapper)
+        with track_producers() as producers:
+            results, failures = self._call(hook)
+        for failure in failures:
+            self._break(self.plugins[failure.plugin], failure.describe(), failure.error)
         found: list[tuple[str, str]] = []
-        for impl in self.pm.hook.plugstack_config_searchpath.get_hookimpls():
-            record = self.plugins.get(impl.plugin_name)
-            if record is not None and record.status != "ok":
-                continue
-            try:
-                result = impl.function()
-            except Exception as exc:
-                if record is not None:
-                    self._fail(record, f"plugstack_config_searchpath raised {type(exc).__name__}: {exc}", exc)
-                continue
-            paths = [result] if isinstance(result, str) else list(result or ())
-            found += [(impl.plugin_name, p) for p in paths]
+        for result in results or ():
+            plugin = producers.get(result, default=wrappers)  # no implementation returned it: a wrapper did
+            paths = [result] if isinstance(result, str) else list(result)
+            found += [(plugin, p) for p in paths]
         return found
 
     def notify(self, hook_name: str, **kwargs: Any) -> None:
-        """Call an observer hook on every plugin, each isolated from the others' errors."""
-        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
-            try:
-                impl.function(**{k: kwargs[k] for k in impl.argnames})
-            except Exception as exc:
-                if self.strict:
-                    raise PluginError(f"Plugin {impl.plugin_name!r} failed in {hook_name}: {exc}") from exc
-                log.warning(
-                    "plugin.hook_failed", plugin=impl.plugin_name, hook=hook_name, error=f"{type(exc).__name__}: {exc}"
-                )
+        """Call an observer hook once through pluggy; an observer that raises is logged and
+        the others still run (strict mode: a PluginError)."""
+        _, failures = self._call(getattr(self.pm.hook, hook_name), **kwargs)
+        for failure in failures:
+            log.warning("plugin.hook_failed", plugin=failure.plugin, hook=failure.hook, error=failure.error_text())
 
     def store_schemas(self) -> None:
         """Put every plugin's config dataclass into Hydra's ConfigStore (root level)."""
