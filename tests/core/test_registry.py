@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
+import sys
 import textwrap
 from importlib.metadata import EntryPoint
 
 import pytest
+from structlog.testing import capture_logs
 
 from plugstack.errors import PluginError, UnknownPluginError
 from plugstack.registry import Registry
@@ -63,14 +67,20 @@ def plugstack_run_end(ctx, exit_code, error):
 
 @pytest.fixture
 def plugin_dir(tmp_path, monkeypatch):
-    """Write plugin modules into an importable folder; returns a writer."""
+    """Write plugin modules into an importable folder; returns a writer. The modules are
+    forgotten afterwards, so each test imports its own."""
     monkeypatch.syspath_prepend(str(tmp_path))
 
     def write(name: str, source: str) -> EntryPoint:
+        sys.modules.pop(name, None)
         (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+        importlib.invalidate_caches()
         return EntryPoint(name=name, value=name, group="plugstack")
 
-    return write
+    yield write
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", "") or "").startswith(str(tmp_path)):
+            del sys.modules[name]
 
 
 def test_good_plugin_registers_with_aliases(plugin_dir):
@@ -245,3 +255,294 @@ def test_entry_probe_reports_broken_backends_as_unavailable(plugin_dir):
     backend, availability = reg.get("backend", "missing-module").probe()
     assert backend is None and not availability.available
     assert "could not be created" in availability.reason and "no_such_module_xyz" in availability.reason
+
+
+# -- hooks run through pluggy: wrappers, ordering, blocking, isolation on top ------------
+
+
+@pytest.fixture
+def calls(plugin_dir):
+    """A list the plugins of a test append to (``from hook_calls import calls``)."""
+    plugin_dir("hook_calls", "calls = []\n")
+    return importlib.import_module("hook_calls").calls
+
+
+def plugin(marker: str, hook: str, body: str) -> str:
+    """Source of a plugin with one hook implementation."""
+    args = {"plugstack_run_start": "ctx", "plugstack_config_searchpath": "",
+            "plugstack_register_backends": "register"}[hook]
+    return (f"from plugstack import hookimpl\nfrom hook_calls import calls\n\n"
+            f"@hookimpl{marker}\ndef {hook}({args}):\n" + textwrap.indent(textwrap.dedent(body), "    "))
+
+
+def observer(tag: str, marker: str = "") -> str:
+    return plugin(marker, "plugstack_run_start", f"calls.append({tag!r})\n")
+
+
+def searchpath(path: str, marker: str = "") -> str:
+    return plugin(marker, "plugstack_config_searchpath", f"return {path!r}\n")
+
+
+def backend(name: str, marker: str = "") -> str:
+    return plugin(marker, "plugstack_register_backends", f"calls.append({name!r})\nregister({name!r}, 'x:Y')\n")
+
+
+RAISE = "raise RuntimeError('plugin bug')\n"
+
+
+def load(plugin_dir, *plugins: tuple[str, str], strict: bool = False) -> Registry:
+    return Registry(entry_points=[plugin_dir(n, s) for n, s in plugins], strict=strict, disabled=())
+
+
+def test_wrapper_sees_the_registration_call_and_its_result(plugin_dir, calls):
+    wrapper = plugin("(wrapper=True)", "plugstack_register_backends", """
+        calls.append(("before", callable(register)))
+        result = yield
+        calls.append(("after", result))
+        register("wrapped-chip", "x:Y")
+        return result
+    """)
+    reg = load(plugin_dir, ("wrapper", wrapper), ("inner", backend("inner-chip")))
+    assert calls == [("before", True), "inner-chip", ("after", [])]
+    assert reg.get("backend", "wrapped-chip").plugin == "wrapper"
+    assert reg.get("backend", "inner-chip").plugin == "inner"
+
+
+def test_wrapper_runs_before_and_after_the_other_observers(plugin_dir, calls):
+    wrapper = plugin("(wrapper=True)", "plugstack_run_start", """
+        calls.append("wrapper before")
+        result = yield
+        calls.append("wrapper after")
+        return result
+    """)
+    reg = load(plugin_dir, ("wrapper", wrapper), ("a", observer("a")), ("b", observer("b")))
+    reg.notify("plugstack_run_start", ctx=object())
+    assert calls[0] == "wrapper before" and calls[-1] == "wrapper after"
+    assert sorted(calls[1:-1]) == ["a", "b"]
+
+
+def test_old_style_hookwrapper_sees_the_outcome_and_may_force_a_result(plugin_dir, calls):
+    old_style = plugin("(hookwrapper=True)", "plugstack_config_searchpath", """
+        outcome = yield
+        calls.append(outcome.get_result())
+        outcome.force_result([*outcome.get_result(), "pkg://added"])
+    """)
+    reg = load(plugin_dir, ("old_style", old_style), ("paths", searchpath("pkg://paths_conf")))
+    assert reg.config_searchpaths() == [("paths", "pkg://paths_conf"), ("old_style", "pkg://added")]
+    assert calls == [["pkg://paths_conf"]]
+
+
+def test_tryfirst_and_trylast_order_observers(plugin_dir, calls):
+    # Loaded first and last on purpose: pluggy calls later-registered plugins first.
+    reg = load(plugin_dir, ("first", observer("first", "(tryfirst=True)")), ("plain", observer("plain")),
+               ("last", observer("last", "(trylast=True)")))
+    reg.notify("plugstack_run_start", ctx=object())
+    assert calls == ["first", "plain", "last"]
+
+
+def test_tryfirst_and_trylast_order_config_search_paths(plugin_dir, calls):
+    reg = load(plugin_dir, ("first", searchpath("pkg://first", "(tryfirst=True)")), ("plain", searchpath("pkg://plain")),
+               ("last", searchpath("pkg://last", "(trylast=True)")))
+    assert reg.config_searchpaths() == [("first", "pkg://first"), ("plain", "pkg://plain"), ("last", "pkg://last")]
+
+
+def test_first_loaded_registration_wins_whatever_the_call_order(plugin_dir, calls):
+    reg = load(plugin_dir, ("early", backend("chip")), ("late", backend("chip", "(tryfirst=True)")))
+    assert calls == ["chip", "chip"]
+    assert reg.get("backend", "chip").plugin == "early"
+    assert reg.plugins["late"].status == "broken" and "'early'" in reg.plugins["late"].error
+
+
+def test_raising_observer_is_isolated_and_the_others_still_run(plugin_dir, calls):
+    reg = load(plugin_dir, ("a", observer("a")), ("bad", plugin("", "plugstack_run_start", RAISE)),
+               ("b", observer("b")))
+    with capture_logs() as logs:
+        reg.notify("plugstack_run_start", ctx=object())
+    assert sorted(calls) == ["a", "b"]
+    failed = [e for e in logs if e["event"] == "plugin.hook_failed"]
+    assert [(e["plugin"], e["hook"]) for e in failed] == [("bad", "plugstack_run_start")]
+    assert "plugin bug" in failed[0]["error"]
+    assert reg.plugins["bad"].status == "ok"  # an observer's failure does not break the plugin
+
+
+def test_raising_registration_is_isolated_and_the_others_still_register(plugin_dir, calls):
+    bad = plugin("", "plugstack_register_backends", "register('half-chip', 'x:Y')\n" + RAISE)
+    reg = load(plugin_dir, ("a", backend("a-chip")), ("bad", bad), ("b", backend("b-chip")))
+    assert reg.names("backend") == ["a-chip", "b-chip"]
+    assert reg.plugins["bad"].status == "broken" and "plugin bug" in reg.plugins["bad"].error
+
+
+BREAKS_IN_APPS = """
+from plugstack import hookimpl
+from hook_calls import calls
+
+@hookimpl
+def plugstack_register_backends(register):
+    register("kept-chip", "x:Y")
+
+@hookimpl
+def plugstack_register_apps(register):
+    raise RuntimeError("apps bug")
+
+@hookimpl
+def plugstack_run_start(ctx):
+    calls.append("broken plugin observed")
+"""
+
+
+def test_a_plugin_broken_in_one_registration_hook_loses_what_it_registered_in_the_others(plugin_dir, calls):
+    reg = load(plugin_dir, ("breaks", BREAKS_IN_APPS))
+    assert reg.names("backend") == [] and reg.plugins["breaks"].provides == []
+    assert "plugstack_register_apps raised RuntimeError: apps bug" in reg.plugins["breaks"].error
+
+
+def test_a_broken_plugins_other_hooks_no_longer_run(plugin_dir, calls):
+    reg = load(plugin_dir, ("breaks", BREAKS_IN_APPS))
+    reg.notify("plugstack_run_start", ctx=object())
+    assert calls == []
+
+
+def test_a_broken_plugin_is_logged_once(plugin_dir, calls):
+    twice = BREAKS_IN_APPS.replace('register("kept-chip", "x:Y")', 'raise RuntimeError("backends bug")')
+    with capture_logs() as logs:
+        reg = load(plugin_dir, ("breaks", twice))
+    broken = [e for e in logs if e["event"] == "plugin.broken"]
+    assert [e["plugin"] for e in broken] == ["breaks"]
+    assert "backends bug" in reg.plugins["breaks"].error  # the first error is kept
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_raising_registration_wrapper_is_isolated(plugin_dir, calls, where):
+    wrapper = plugin("(wrapper=True)", "plugstack_register_backends", f"""
+        register("wrapper-chip", "x:Y")
+        {RAISE if where == "before" else ""}
+        result = yield
+        {RAISE if where == "after" else ""}
+        return result
+    """)
+    reg = load(plugin_dir, ("wrapper", wrapper), ("inner", backend("inner-chip")))
+    assert calls == ["inner-chip"]
+    assert reg.names("backend") == ["inner-chip"]  # the wrapper's own registration is dropped
+    assert reg.plugins["wrapper"].status == "broken" and "plugin bug" in reg.plugins["wrapper"].error
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_raising_observer_wrapper_is_isolated(plugin_dir, calls, where):
+    wrapper = plugin("(wrapper=True)", "plugstack_run_start", f"""
+        {RAISE if where == "before" else ""}
+        result = yield
+        {RAISE if where == "after" else ""}
+        return result
+    """)
+    reg = load(plugin_dir, ("wrapper", wrapper), ("a", observer("a")))
+    with capture_logs() as logs:
+        reg.notify("plugstack_run_start", ctx=object())
+    assert calls == ["a"]
+    assert [e["plugin"] for e in logs if e["event"] == "plugin.hook_failed"] == ["wrapper"]
+
+
+def test_raising_config_searchpath_breaks_only_its_plugin(plugin_dir, calls):
+    reg = load(plugin_dir, ("bad", plugin("", "plugstack_config_searchpath", RAISE)),
+               ("paths", searchpath("pkg://paths_conf")))
+    assert reg.config_searchpaths() == [("paths", "pkg://paths_conf")]
+    assert reg.plugins["bad"].status == "broken" and "plugin bug" in reg.plugins["bad"].error
+
+
+def test_a_wrapper_that_is_not_a_generator_is_rejected_by_pluggy(plugin_dir, calls):
+    reg = load(plugin_dir, ("not_gen", plugin("(wrapper=True)", "plugstack_run_start", "pass\n")))
+    assert reg.plugins["not_gen"].status == "broken"
+    assert "not a generator function" in reg.plugins["not_gen"].error
+
+
+def _notify(reg: Registry) -> None:
+    reg.notify("plugstack_run_start", ctx=object())
+
+
+@pytest.mark.parametrize(
+    ("source", "then"),
+    [
+        (plugin("", "plugstack_register_backends", RAISE), None),
+        (plugin("(wrapper=True)", "plugstack_register_backends", "result = yield\n" + RAISE), None),
+        (plugin("", "plugstack_run_start", RAISE), _notify),
+        (plugin("(wrapper=True)", "plugstack_run_start", RAISE + "yield\n"), _notify),
+        (plugin("", "plugstack_config_searchpath", RAISE), Registry.config_searchpaths),
+    ],
+    ids=["registration", "registration-wrapper", "observer", "observer-wrapper", "config-searchpath"],
+)
+def test_strict_mode_makes_a_raising_implementation_fatal(plugin_dir, calls, source, then):
+    with pytest.raises(PluginError, match=r"Plugin 'bad'.*plugin bug"):
+        reg = load(plugin_dir, ("bad", source), strict=True)
+        then(reg)
+
+
+def test_strict_mode_is_fatal_even_when_a_wrapper_swallows_the_error(plugin_dir, calls):
+    swallower = plugin("(wrapper=True)", "plugstack_run_start", """
+        try:
+            return (yield)
+        except Exception:
+            return []
+    """)
+    reg = load(plugin_dir, ("swallower", swallower), ("bad", plugin("", "plugstack_run_start", RAISE)), strict=True)
+    with pytest.raises(PluginError, match="Plugin 'bad' failed in plugstack_run_start"):
+        _notify(reg)
+
+
+def test_disabled_plugin_is_blocked_in_pluggy(plugin_dir, calls):
+    reg = Registry(entry_points=[plugin_dir("blocked", observer("blocked"))], strict=False, disabled={"blocked"})
+    assert reg.pm.is_blocked("blocked")
+    assert "blocked" not in sys.modules
+    reg.register_plugin(importlib.import_module("blocked"), "blocked")  # pluggy refuses it too
+    _notify(reg)
+    assert calls == [] and reg.plugins["blocked"].status == "disabled"
+
+
+def test_register_plugin_runs_only_the_new_plugins_registration_hooks(plugin_dir, calls):
+    wrapper = plugin("(wrapper=True)", "plugstack_register_backends", """
+        calls.append("wrapper")
+        return (yield)
+    """)
+    reg = load(plugin_dir, ("wrapper", wrapper), ("early", backend("early-chip")))
+    calls.clear()
+    plugin_dir("late", backend("late-chip"))
+    reg.register_plugin(importlib.import_module("late"), "late")
+    assert calls == ["late-chip"]  # neither the early plugin nor the other plugin's wrapper ran
+    assert reg.get("backend", "late-chip").plugin == "late"
+    assert reg.names("backend") == ["early-chip", "late-chip"]
+
+
+@pytest.fixture
+def third_party_llama(tmp_path, monkeypatch):
+    """An installed-looking distribution whose entry point is named like the built-in ``llama``."""
+    dist = tmp_path / "evil_llama-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: evil-llama\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[plugstack]\nllama = evil_llama_plugin\n")
+    (tmp_path / "evil_llama_plugin.py").write_text(
+        "from plugstack import hookimpl\n\n@hookimpl\ndef plugstack_register_models(register):\n"
+        "    register('llama', 'evil_llama_plugin:load')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    sys.modules.pop("evil_llama_plugin", None)
+
+
+def test_third_party_entry_point_named_like_a_builtin_is_the_clash(third_party_llama):
+    eps = importlib.metadata.entry_points(group="plugstack")
+    found = [ep.dist.metadata["Name"] for ep in eps if ep.name == "llama"]
+    assert found == ["evil-llama", "plugstack"]  # the third party comes first on sys.path
+    reg = Registry(strict=False, disabled=())
+    assert reg.plugins["llama"].distribution == "plugstack" and reg.plugins["llama"].status == "ok"
+    assert reg.get("model", "llama").factory_ref == "plugstack.plugins.llama.loader:load"
+    clash = reg.plugins["llama (evil-llama)"]
+    assert clash.status == "broken" and clash.distribution == "evil-llama"
+    assert "'evil-llama'" in clash.error and "'plugstack'" in clash.error
+    assert "evil_llama_plugin" not in sys.modules  # never imported
+
+
+def test_register_plugin_under_a_taken_name_is_a_clash_and_the_first_keeps_working(plugin_dir, calls):
+    reg = load(plugin_dir, ("first", backend("first-chip")))
+    plugin_dir("second", backend("second-chip"))
+    reg.register_plugin(importlib.import_module("second"), "first")
+    assert reg.plugins["first"].status == "ok" and reg.names("backend") == ["first-chip"]
+    (clash,) = [r for r in reg.plugins.values() if r.name.startswith("first (")]
+    assert clash.status == "broken" and "already taken" in clash.error
