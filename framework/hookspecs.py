@@ -6,10 +6,25 @@ named after the specs below, published under the ``plugstack`` entry-point group
     [project.entry-points.plugstack]
     mychip = "mychip_plugstack.plugin"
 
+Hooks are called through pluggy's hook callers, once per call for all plugins, so
+everything pluggy documents works: ``@hookimpl(wrapper=True)`` (and the old-style
+``hookwrapper=True``) wrappers, ``tryfirst``/``trylast`` ordering, ``specname``, and
+blocking (``PLUGSTACK_DISABLE_PLUGINS`` blocks names in pluggy). pluggy calls plain
+implementations of later-loaded plugins first; built-in plugins load before third-party
+ones.
+
+On top of pluggy, plugstack isolates a plugin whose implementation raises (a wrapper
+included): the other plugins' implementations still run and the hook goes on as if the
+failing one had returned nothing. A plugin failing in a registration hook or in
+``plugstack_config_searchpath`` is reported as broken (``plugstack plugins``) and loses
+everything it registered; an observer that raises is logged and the run goes on.
+``PLUGSTACK_STRICT_PLUGINS=1`` makes any such failure a :class:`plugstack.PluginError`.
+
 Registration hooks receive a ``register`` callback instead of returning values, so names,
-aliases and conflicts are explicit. Each plugin's hook is called on its own: one that
-raises is reported as broken and the others still load. Keep plugin modules light: name
-heavy factories as ``"module:attr"`` strings so they are imported only when used.
+aliases and conflicts are explicit; registrations are applied in plugin load order, so the
+first plugin to register a name keeps it whatever order pluggy calls them in. Keep plugin
+modules light: name heavy factories as ``"module:attr"`` strings so they are imported only
+when used.
 """
 
 from __future__ import annotations
@@ -22,7 +37,19 @@ import pluggy
 if TYPE_CHECKING:
     from .app import RunContext
 
-__all__ = ["PROJECT", "Register", "hookimpl", "hookspec"]
+__all__ = [
+    "PROJECT",
+    "Register",
+    "hookimpl",
+    "hookspec",
+    # Listed so that help(plugstack.hookspecs) shows them.
+    "plugstack_config_searchpath",
+    "plugstack_register_apps",
+    "plugstack_register_backends",
+    "plugstack_register_models",
+    "plugstack_run_end",
+    "plugstack_run_start",
+]
 
 PROJECT = "plugstack"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -60,8 +87,12 @@ class Register(Protocol):
 def plugstack_register_backends(register: Register) -> None:
     """Register chip-layer backends.
 
-    ``factory(cfg)`` must return a :class:`plugstack.Backend`; ``cfg`` is the composed
-    ``backend`` config group. Called once when the registry loads; returns nothing.
+    Called once when the registry loads (or, for a plugin given to
+    ``Registry.register_plugin``, when it is registered); returns nothing.
+
+    :param register: ``register(name, factory, ...)`` (see :class:`Register`);
+        ``factory(cfg)`` must return a :class:`plugstack.Backend`, ``cfg`` being the
+        composed ``backend`` config group.
     """
 
 
@@ -69,8 +100,12 @@ def plugstack_register_backends(register: Register) -> None:
 def plugstack_register_models(register: Register) -> None:
     """Register model families.
 
-    ``factory(cfg)`` must return a :class:`plugstack.Model`; ``cfg`` is the composed
-    ``model`` config group. Called once when the registry loads; returns nothing.
+    Called once when the registry loads, like ``plugstack_register_backends``; returns
+    nothing.
+
+    :param register: ``register(name, factory, ...)`` (see :class:`Register`);
+        ``factory(cfg)`` must return a :class:`plugstack.Model`, ``cfg`` being the composed
+        ``model`` config group.
     """
 
 
@@ -78,8 +113,12 @@ def plugstack_register_models(register: Register) -> None:
 def plugstack_register_apps(register: Register) -> None:
     """Register applications.
 
-    ``factory(cfg)`` must return a :class:`plugstack.App`; ``cfg`` is the composed ``app``
-    config group. Called once when the registry loads; returns nothing.
+    Called once when the registry loads, like ``plugstack_register_backends``; returns
+    nothing.
+
+    :param register: ``register(name, factory, ...)`` (see :class:`Register`);
+        ``factory(cfg)`` must return a :class:`plugstack.App`, ``cfg`` being the composed
+        ``app`` config group.
     """
 
 
@@ -87,10 +126,14 @@ def plugstack_register_apps(register: Register) -> None:
 def plugstack_config_searchpath() -> Sequence[str] | str | None:
     """Return Hydra search-path entries holding this plugin's config groups.
 
-    Each entry is ``"pkg://package.name"`` or ``"file:///abs/dir"``; the folder contains
-    group folders such as ``backend/mychip.yaml``, ``model/x.yaml`` or ``app/y.yaml``.
-    Called when plugstack composes a config (only for plugstack's own Hydra app). All
-    results are used, in plugin load order, after plugstack's own ``conf``.
+    Called when plugstack composes a config (only for plugstack's own Hydra app). The
+    entries are added after plugstack's own ``conf``, in pluggy's call order (later-loaded
+    plugins first; ``tryfirst=True`` puts a plugin's entries first), each under the Hydra
+    provider ``plugstack:<plugin>``.
+
+    :return: ``"pkg://package.name"`` or ``"file:///abs/dir"`` (or a list of them, or
+        ``None``): folders containing group folders such as ``backend/mychip.yaml``,
+        ``model/x.yaml`` or ``app/y.yaml``.
     """
 
 
@@ -101,14 +144,23 @@ def plugstack_config_searchpath() -> Sequence[str] | str | None:
 def plugstack_run_start(ctx: RunContext) -> None:
     """Called after the config is composed and before the application runs.
 
-    The model and runner are not loaded yet (touching ``ctx.model`` loads them). An
-    observer that raises is reported and the run goes on, unless strict mode is on.
+    An observer that raises is logged (``plugin.hook_failed``) and the run goes on,
+    unless strict mode is on. A ``wrapper=True`` implementation runs around the others.
+
+    :param ctx: the run's :class:`plugstack.RunContext`; the model and runner are not
+        loaded yet (touching ``ctx.model`` loads them).
     """
 
 
 @hookspec
 def plugstack_run_end(ctx: RunContext, exit_code: int, error: BaseException | None) -> None:
-    """Called once after the application returned or raised (``error`` is set then).
+    """Called once after the application returned or raised.
 
-    Always called when ``plugstack_run_start`` was, whatever happened in between.
+    Always called when ``plugstack_run_start`` was, whatever happened in between; an
+    observer that raises is logged and the others still run.
+
+    :param ctx: the run's :class:`plugstack.RunContext`.
+    :param exit_code: the process exit code the run ends with (2 for a user-facing
+        error, 130 for Ctrl-C, 1 for a bug).
+    :param error: the exception the application raised, or ``None``.
     """

@@ -35,3 +35,12 @@ def test_every_hook_is_used_by_some_test_or_example():
     texts += [p.read_text() for p in (ROOT / "examples").rglob("*.py")]
     unused = [name for name in HOOKS if not any(name in t for t in texts)]
     assert not unused, f"hooks no test exercises: {unused}"
+
+
+def test_help_shows_every_hook_with_its_docs():
+    import pydoc
+
+    text = pydoc.render_doc(hookspecs, renderer=pydoc.plaintext)
+    for name in HOOKS:
+        first_line = inspect.getdoc(getattr(hookspecs, name)).splitlines()[0]
+        assert f"{name}(" in text and first_line in text, f"help(plugstack.hookspecs) does not show {name}"
