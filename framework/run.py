@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import logs
 from .app import RunContext
 from .errors import BackendUnavailableError, PlugstackError
+from .files import atomic_write
 from .registry import Registry, get_registry
 
 __all__ = ["execute", "group_config"]
@@ -139,9 +140,6 @@ def _write_run_record(output_dir: Path, cfg: DictConfig, run_id: str, code: int,
         "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
     }
     try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        tmp = output_dir / "run.json.tmp"
-        tmp.write_text(json.dumps(record, indent=2, default=str))
-        tmp.replace(output_dir / "run.json")
+        atomic_write(output_dir / "run.json", json.dumps(record, indent=2, default=str))
     except OSError as exc:
         log.warning("run.record_failed", error=str(exc))

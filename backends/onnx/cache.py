@@ -23,6 +23,8 @@ from typing import Any
 import structlog
 from filelock import FileLock
 
+from plugstack.files import cache_dir, file_digest
+
 log = structlog.get_logger("plugstack.onnx")
 
 MANIFEST = "manifest.json"
@@ -32,26 +34,13 @@ LOCK_TIMEOUT_S = 30 * 60
 
 def default_cache_dir() -> Path:
     """``$PLUGSTACK_HOME/onnx``, else the platform's user cache dir (``~/.cache/plugstack/onnx``)."""
-    home = os.environ.get("PLUGSTACK_HOME")
-    if home:
-        return Path(home).expanduser() / "onnx"
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("plugstack")) / "onnx"
+    return cache_dir("onnx")
 
 
 def cache_key(parts: Mapping[str, Any]) -> str:
     """sha256 over the JSON of everything the built graph depends on."""
     blob = json.dumps(dict(parts), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:32]
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -100,7 +89,7 @@ def _remove(path: Path) -> None:
 
 
 def get_or_build(
-    cache_dir: Path,
+    root: Path,
     key: str,
     build: Callable[[Path], dict[str, Any]],
     *,
@@ -111,14 +100,14 @@ def get_or_build(
     ``build`` writes its files into ``tmp_dir`` and returns manifest fields (it must set
     ``model_file``); file sizes/digests and ``describe`` are added here.
     """
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    entry = cache_dir / key
+    root.mkdir(parents=True, exist_ok=True)
+    entry = root / key
     manifest, why = _check(entry)
     if manifest is not None:
         log.info("onnx.cache.hit", key=key, path=str(entry))
         return CacheEntry(entry, manifest, built=False)
 
-    with FileLock(str(cache_dir / f"{key}.lock"), timeout=LOCK_TIMEOUT_S):
+    with FileLock(str(root / f"{key}.lock"), timeout=LOCK_TIMEOUT_S):
         # Someone else may have built it while we waited for the lock.
         manifest, why = _check(entry)
         if manifest is not None:
@@ -129,7 +118,7 @@ def get_or_build(
             _remove(entry)
         else:
             log.info("onnx.cache.miss", key=key, path=str(entry))
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=cache_dir))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=root))
         try:
             fields = build(tmp)
             files = {

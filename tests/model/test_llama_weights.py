@@ -63,11 +63,11 @@ def test_fetch_once_then_cached_with_a_stamp(fake_source, home, monkeypatch):
     path = weights.known_path("fake")
     assert path == home / "models" / "model.gguf" and path.read_bytes() == CONTENT
     assert calls == ["fake==0.1"]
-    assert not list(path.parent.glob("*.part"))  # no temp files left behind
+    assert not list(path.parent.glob(".*.tmp"))  # no temp files left behind
 
     hashed = []
-    real_hash = weights._hash_file
-    monkeypatch.setattr(weights, "_hash_file", lambda p: hashed.append(p) or real_hash(p))
+    real_hash = weights.files.file_digest
+    monkeypatch.setattr(weights.files, "file_digest", lambda p: hashed.append(p) or real_hash(p))
     assert weights.known_path("fake") == path
     assert calls == ["fake==0.1"] and hashed == []  # the stamp spared the rehash
     assert weights.sha256_of(path) == known.sha256 and hashed == []
