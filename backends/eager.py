@@ -1,7 +1,9 @@
-"""Eager PyTorch execution of a step signature, shared by the ``cpu`` and ``cuda`` backends.
+"""Eager PyTorch execution of a step signature, shared by the ``cpu`` and ``cuda`` backends
+(and public as ``plugstack.EagerRunner`` for third-party backends that wrap it).
 
-The state is a plain list of tensors in the signature's state order; each step's
-``present`` outputs become the next step's ``past`` inputs.
+The state is a :class:`plugstack.state.TensorSlots`: each slot's tensors apart, gathered
+into one batch per step (growing state padded to the longest row, the padding hidden by
+the signature's mask) and scattered back after it.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from typing import Any
 
 import torch
 
-from plugstack.backend import Runner, StepOutput
+from plugstack.backend import Runner
 from plugstack.errors import UnsupportedOptionError
-from plugstack.signature import FLOAT, StepSignature
+from plugstack.signature import BATCH, FLOAT, StepSignature
+from plugstack.state import TensorSlots
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -36,52 +39,43 @@ class EagerRunner(Runner):
         self.torch_dtype = DTYPES[dtype]
         self.module = module.to(device=self.device, dtype=self.torch_dtype).eval()
         self._state_index = {name: i for i, name in enumerate(signature.state_inputs)}
-        self._out_index = {name: i for i, name in enumerate(signature.output_names)}
+        self._state_out = {o: self._state_index[i] for i, o in signature.state}
 
     def _dtype_of(self, spec_dtype: str) -> torch.dtype:
         return self.torch_dtype if spec_dtype == FLOAT else getattr(torch, spec_dtype)
 
-    def new_state(self, batch_size: int) -> list[torch.Tensor]:
-        state = []
-        for name in self.signature.state_inputs:
-            spec = self.signature.spec(name)
-            shape = [batch_size if d == "batch" else 0 if d == self.signature.state_axis else d for d in spec.shape]
-            if any(isinstance(d, str) for d in shape):
-                raise ValueError(f"cannot size state tensor {name!r}: unknown dim in {spec.shape}")
-            state.append(torch.zeros(shape, dtype=self._dtype_of(spec.dtype), device=self.device))
-        return state
+    def new_state(self, slots: int) -> TensorSlots:
+        return TensorSlots(self.signature, slots, [self._empty(n) for n in self.signature.state_inputs])
 
-    def state_length(self, state: list[torch.Tensor]) -> int:
-        if not state:
-            return 0
-        spec = self.signature.spec(self.signature.state_inputs[0])
-        return state[0].shape[spec.shape.index(self.signature.state_axis)]
+    def _empty(self, name: str) -> torch.Tensor:
+        """One row's state tensor before the first step: no positions, or zeros when fixed-size."""
+        spec, axis = self.signature.spec(name), self.signature.state_axis
+        shape = [1 if d == BATCH else 0 if d == axis else d for d in spec.shape]
+        if any(isinstance(d, str) for d in shape):
+            raise ValueError(f"cannot size state tensor {name!r}: unknown dim in {spec.shape}")
+        return torch.zeros(shape, dtype=self._dtype_of(spec.dtype), device=self.device)
 
     @torch.inference_mode()
-    def run(self, inputs: Mapping[str, torch.Tensor], state: Any = None) -> StepOutput:
-        if state is None and self.signature.state:
-            batch = next(iter(inputs.values())).shape[0]
-            state = self.new_state(batch)
+    def step(self, inputs: Mapping[str, Any], state: TensorSlots, rows: list[int], new: int) -> dict[str, Any]:
+        sig = self.signature
+        past, mask = state.gather(rows, new)
         args = []
-        for name in self.signature.input_names:
+        for name in sig.input_names:
             if name in self._state_index:
-                args.append(state[self._state_index[name]])
+                args.append(past[self._state_index[name]])
+            elif name == sig.mask:  # no growing state: every new position is real
+                args.append(torch.ones(len(rows), new, dtype=torch.int64) if mask is None else mask.to(self.device))
             else:
-                try:
-                    t = inputs[name]
-                except KeyError:
-                    raise KeyError(f"missing input {name!r}; this step needs {self.signature.feed_inputs}") from None
-                args.append(t.to(self.device))
+                args.append(torch.as_tensor(inputs[name]).to(self.device))
         results = self.module(*args)
-        outputs = {}
-        next_state = [None] * len(self._state_index)
-        state_out = {o: self._state_index[i] for i, o in self.signature.state}
-        for name, value in zip(self.signature.output_names, results, strict=True):
-            if name in state_out:
-                next_state[state_out[name]] = value
+        outputs, present = {}, [None] * len(self._state_index)
+        for name, value in zip(sig.output_names, results, strict=True):
+            if name in self._state_out:
+                present[self._state_out[name]] = value
             else:
                 outputs[name] = value.float().cpu() if value.is_floating_point() else value.cpu()
-        return StepOutput(outputs, next_state)
+        state.scatter(rows, present, new)
+        return outputs
 
     def close(self) -> None:
         self.module = None  # type: ignore[assignment]

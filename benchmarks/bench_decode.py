@@ -101,27 +101,16 @@ def greedy_run(runner, prompt_ids: list[int], n: int, forced: list[int] | None =
     """
     import torch
 
-    t = len(prompt_ids)
-    feed = {
-        "input_ids": torch.tensor([prompt_ids]),
-        "position_ids": torch.arange(t)[None],
-        "attention_mask": torch.ones(1, t, dtype=torch.int64),
-    }
+    from plugstack.testing import SlotDriver
+
+    driver = SlotDriver(runner)
     t0 = time.perf_counter()
-    out = runner.run(feed, runner.new_state(1))
+    logits = [driver.feed([prompt_ids])[0]]
     t1 = time.perf_counter()
-    logits = [out.outputs["logits"][0]]
     tokens = [int(logits[-1].argmax())]
     for i in range(n - 1):
         nxt = forced[i] if forced is not None else tokens[-1]
-        pos = t + i
-        feed = {
-            "input_ids": torch.tensor([[nxt]]),
-            "position_ids": torch.tensor([[pos]]),
-            "attention_mask": torch.ones(1, pos + 1, dtype=torch.int64),
-        }
-        out = runner.run(feed, out.state)
-        logits.append(out.outputs["logits"][0])
+        logits.append(driver.feed([[nxt]])[0])
         tokens.append(int(logits[-1].argmax()))
     t2 = time.perf_counter()
     return tokens, torch.stack(logits), t1 - t0, t2 - t1

@@ -34,19 +34,10 @@ VARIANTS = {
 
 def teacher_forced_logprobs(runner, ids: list[int]) -> torch.Tensor:
     """``[len(ids) - 1, vocab]`` log-probabilities of the token after each position."""
-    state = runner.new_state(1)
-    rows = []
-    for pos, token in enumerate(ids[:-1]):
-        out = runner.run(
-            {
-                "input_ids": torch.tensor([[token]]),
-                "position_ids": torch.tensor([[pos]]),
-                "attention_mask": torch.ones(1, pos + 1, dtype=torch.int64),
-            },
-            state,
-        )
-        state = out.state
-        rows.append(torch.log_softmax(out.outputs["logits"][0].double(), -1))
+    from plugstack.testing import SlotDriver
+
+    driver = SlotDriver(runner)
+    rows = [torch.log_softmax(driver.feed([[token]])[0].double(), -1) for token in ids[:-1]]
     return torch.stack(rows)
 
 

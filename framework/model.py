@@ -20,7 +20,7 @@ class Tokenizer(Protocol):
 
     #: Token ids that end a sequence (e.g. ``<|im_end|>``).
     eos_token_ids: tuple[int, ...]
-    #: Id used to left-pad batched prompts.
+    #: Id a model uses for padding (for applications; plugstack's loop never pads).
     pad_token_id: int
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
@@ -46,7 +46,8 @@ class Model:
     """
 
     name: str
-    #: ``"decoder"``, ``"denoiser"``, ... (backends may refuse kinds they cannot run).
+    #: ``"decoder"``, ``"denoiser"``, ... for applications and listings (backends never
+    #: branch on it: they read the signature).
     kind: str
     module: torch.nn.Module
     signature: StepSignature
@@ -60,3 +61,6 @@ class Model:
     source: str = ""
     #: Hyper-parameters and anything else worth logging (JSON-serialisable).
     info: dict[str, Any] = field(default_factory=dict)
+    #: Model-owned implementations of the step for particular backends, by the key each
+    #: backend documents (``"onnx"``, ``"torch.inplace_kv"``): see ``plugstack.builders``.
+    builders: dict[str, Any] = field(default_factory=dict)

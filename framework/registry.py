@@ -375,3 +375,19 @@ def reset_registry() -> None:
     global _registry
     with _lock:
         _registry = None
+
+
+def create_backend(name: str, **options: Any) -> Any:
+    """A registered backend by name (or alias), configured with its defaults and ``options``
+    (fields of its config dataclass) — for a backend plugin that wraps another one.
+    Raises :class:`UnknownPluginError` with suggestions for an unknown name."""
+    entry = get_registry().get("backend", name)
+    if entry.config is None:
+        return entry.create(options or None)
+    try:
+        cfg = entry.config(**options)
+    except TypeError as exc:
+        from .errors import UnsupportedOptionError
+
+        raise UnsupportedOptionError(f"backend {entry.name!r} has no such option: {exc}") from None
+    return entry.create(cfg)

@@ -2,23 +2,38 @@
 
 A model's step module is a ``torch.nn.Module`` whose ``forward`` takes the signature's
 inputs positionally (in declaration order) and returns its outputs as a tuple (in
-declaration order). Dimensions are either fixed ints or symbolic names; a backend that
-compiles the graph (ONNX export) makes the symbolic ones dynamic.
+declaration order). Dimensions are fixed ints or symbolic names; a backend that compiles
+the graph (ONNX export) makes the symbolic ones dynamic. The name ``"batch"`` is reserved
+for the rows of a step: one row per sequence (a runner's *slot*, see ``plugstack.state``).
 
-``state`` pairs an input with the output that replaces it on the next step (a decoder's
-KV cache: ``past.3.key`` -> ``present.3.key``). Backends own how state is stored; the
-caller only hands back the opaque state object a runner returned. Nothing here assumes a
-decoder: a diffusion denoiser declares inputs and outputs and no state.
+``state`` pairs an input with the output that replaces it on the next step. Backends own
+how state is stored; callers address it by slot. Three kinds are first-class:
+
+* **growing** state (``state_axis`` set, a decoder's KV cache): along ``state_axis`` each
+  state output is its input followed by the step's new positions (``past`` -> ``present``);
+* **fixed-size** state (``state_axis=None``, a recurrent model's hidden vector);
+* **no** state (a diffusion denoiser): every step stands alone.
+
+Roles a runner or the generation loop fills in themselves are declared by name: ``mask``
+(which of the cached + new positions of a row hold real tokens; the runner builds it from
+each slot's length) and ``positions`` (each new token's index in its sequence; the loop
+feeds the slot's length plus 0, 1, ...). ``new_axis`` names the dimension of the feed
+inputs that counts a step's new positions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
 
-__all__ = ["StepSignature", "TensorSpec"]
+__all__ = ["BATCH", "StepSignature", "TensorSpec"]
 
 #: dtype name used for tensors that follow the model's compute dtype (fp32, bf16, fp16).
 FLOAT = "float"
+#: The reserved dimension name of a step's rows.
+BATCH = "batch"
 
 
 @dataclass(frozen=True)
@@ -34,6 +49,10 @@ class TensorSpec:
         """Axis index -> symbolic name, for every non-fixed dimension."""
         return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
 
+    def axis(self, dim: str) -> int | None:
+        """Index of the dimension named ``dim`` in this tensor, or ``None``."""
+        return self.shape.index(dim) if dim in self.shape else None
+
 
 @dataclass(frozen=True)
 class StepSignature:
@@ -43,9 +62,18 @@ class StepSignature:
     outputs: tuple[TensorSpec, ...]
     #: (input name, output name) pairs whose output feeds the input on the next step.
     state: tuple[tuple[str, str], ...] = ()
-    #: Symbolic dim along which state grows each step (``"past"`` for a KV cache).
+    #: Dim along which state grows by the new positions each step (``"past"`` for a KV
+    #: cache); ``None`` for fixed-size state.
     state_axis: str | None = None
-    #: Free-form facts a backend may use (``{"kind": "decoder", "kv_heads": 3, ...}``).
+    #: Dim of the feed inputs that counts a step's new positions (``"seq"``); ``None`` when
+    #: a step is one whole item (a denoiser).
+    new_axis: str | None = None
+    #: Input the runner fills: ``[batch, cached + new]``, 1 where a position holds a real
+    #: token of the row. Needed to step rows of different lengths together.
+    mask: str | None = None
+    #: Input the generation loop fills with each new token's position in its sequence.
+    positions: str | None = None
+    #: Free-form facts a backend or app may use (``{"context_length": 8192, ...}``).
     meta: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -56,6 +84,14 @@ class StepSignature:
         for i, o in self.state:
             if i not in self.input_names or o not in self.output_names:
                 raise ValueError(f"state pair ({i!r}, {o!r}) names an unknown input or output")
+        for role in ("mask", "positions"):
+            name = getattr(self, role)
+            if name is not None and (name not in self.input_names or name in self.state_inputs):
+                raise ValueError(f"{role}={name!r} must name a non-state input; inputs are {self.input_names}")
+        if self.state_axis is not None and not self.state:
+            raise ValueError(f"state_axis={self.state_axis!r} is set but the signature declares no state")
+        if self.new_axis is not None and self._new_input is None:
+            raise ValueError(f"new_axis={self.new_axis!r} is not a dimension of any feed input")
 
     @property
     def input_names(self) -> list[str]:
@@ -75,9 +111,50 @@ class StepSignature:
 
     @property
     def feed_inputs(self) -> list[str]:
-        """Inputs the caller supplies each step (everything that is not state)."""
-        carried = set(self.state_inputs)
-        return [n for n in self.input_names if n not in carried]
+        """Inputs the caller supplies each step (neither state nor the runner-filled mask)."""
+        skip = {*self.state_inputs, self.mask}
+        return [n for n in self.input_names if n not in skip]
+
+    @property
+    def state_kind(self) -> str:
+        """``"growing"``, ``"fixed"`` or ``"none"`` (see the module docstring)."""
+        if not self.state:
+            return "none"
+        return "growing" if self.state_axis is not None else "fixed"
+
+    @cached_property  # (frozen dataclasses allow it: it writes the instance dict directly)
+    def _new_input(self) -> tuple[str, int] | None:
+        """(feed input, axis) that carries ``new_axis``."""
+        for name in self.feed_inputs:
+            axis = self.spec(name).axis(self.new_axis) if self.new_axis else None
+            if axis is not None:
+                return name, axis
+        return None
+
+    def new_positions(self, inputs: Mapping[str, Any]) -> int:
+        """How many positions a step with these inputs adds to each row (1 without ``new_axis``)."""
+        where = self._new_input
+        if where is None:
+            return 1
+        name, axis = where
+        try:
+            return int(inputs[name].shape[axis])
+        except KeyError:
+            raise KeyError(f"missing input {name!r}; this step needs {self.feed_inputs}") from None
+
+    @cached_property
+    def _batch_inputs(self) -> list[tuple[str, int]]:
+        """(feed input, axis) pairs that carry the ``batch`` dimension."""
+        found = [(n, self.spec(n).axis(BATCH)) for n in self.feed_inputs]
+        return [(n, a) for n, a in found if a is not None]
+
+    def rows(self, inputs: Mapping[str, Any]) -> int:
+        """How many rows (sequences) these inputs hold."""
+        for name, axis in self._batch_inputs:
+            if name in inputs:
+                return int(inputs[name].shape[axis])
+        raise KeyError(f"no input with a {BATCH!r} dimension among {sorted(inputs)}; "
+                       f"this step needs {self.feed_inputs}")
 
     def spec(self, name: str) -> TensorSpec:
         for t in self.inputs + self.outputs:
@@ -91,10 +168,13 @@ class StepSignature:
         return {k: v for k, v in axes.items() if v}
 
     def describe(self) -> str:
-        """Human-readable one tensor per line, e.g. for ``--cfg`` style debugging."""
+        """Human-readable one tensor per line, then the roles (cache keys, debugging)."""
         lines = []
         for kind, specs in (("in ", self.inputs), ("out", self.outputs)):
             for t in specs:
                 dims = ", ".join(str(d) for d in t.shape)
                 lines.append(f"{kind} {t.name}: {t.dtype}[{dims}]")
+        roles = {"state_axis": self.state_axis, "new_axis": self.new_axis, "mask": self.mask,
+                 "positions": self.positions}
+        lines += [f"{k}: {v}" for k, v in roles.items() if v is not None]
         return "\n".join(lines)

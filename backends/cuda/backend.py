@@ -1,8 +1,9 @@
 """The ``cuda`` backend: the model's torch module on an NVIDIA GPU.
 
 This module stays light (``plugstack backends`` imports it to call ``probe``); torch is
-imported by ``prepare``. Decoders run on a :class:`StaticCacheRunner` (preallocated KV
-cache, optional CUDA graphs); other models on the shared :class:`EagerRunner`.
+imported by ``prepare``. Models with a growing state (a KV cache) run on a
+:class:`StaticCacheRunner` (preallocated buffers, optional CUDA graphs); others on the
+shared :class:`EagerRunner`.
 """
 
 from __future__ import annotations
@@ -91,41 +92,56 @@ class CudaBackend(Backend):
         return runner
 
 
+#: ``Model.builders`` key of a model's in-place KV step (``plugstack.builders.InplaceKVBuilder``).
+INPLACE_KEY = "torch.inplace_kv"
+
+
 def build_runner(model: Model, cfg: Any, device: str) -> Runner:
     """The runner for ``model`` on ``device`` (any torch device, so this is tested on the CPU).
 
-    Decoders with ``static_cache`` get a :class:`StaticCacheRunner`, everything else the
-    shared :class:`EagerRunner`. Works on a deep copy: the caller's module stays put.
+    Growing state with ``static_cache`` gets a :class:`StaticCacheRunner` (with the model's
+    in-place step where it offers one), everything else the shared :class:`EagerRunner`.
+    Works on a deep copy: the caller's module stays put.
     """
     sig = model.signature
-    # Deep copy on the host first so the caller's module keeps its device and dtype.
-    module = copy.deepcopy(model.module)
-    if cfg.static_cache and sig.state and sig.meta.get("kind", model.kind) == "decoder":
+    if cfg.static_cache and sig.state_kind == "growing":
         from .static_cache import StaticCacheRunner
 
-        context = int(model.context_length or sig.meta.get("context_length") or 0)
-        max_len = int(cfg.max_cache_len) or context
-        if max_len <= 0:
+        max_len = static_length(model, cfg)
+        builder = model.builders.get(INPLACE_KEY)
+        # Deep copy on the host first so the caller's module keeps its device and dtype.
+        inplace = copy.deepcopy(builder(model)) if builder is not None else None
+        if inplace is None and sig.mask is None:
             raise UnsupportedOptionError(
-                f"backend=cuda static_cache needs a length: model {model.name!r} declares no context "
-                f"length, so set backend.max_cache_len=<positions>."
-            )
-        if context and max_len > context:
-            raise UnsupportedOptionError(
-                f"backend.max_cache_len={max_len} exceeds the context length of model {model.name!r} "
-                f"({context}). Use at most {context}, or 0 for the full context."
-            )
-        return StaticCacheRunner(
-            module, sig, max_len=max_len, device=device, dtype=cfg.dtype, graphs=bool(cfg.cuda_graphs)
-        )
+                f"backend=cuda static_cache needs model {model.name!r} to offer an in-place step "
+                f"(Model.builders[{INPLACE_KEY!r}]) or a mask input; it has neither. Set backend.static_cache=false.")
+        log.info("backend.cuda.static_cache", model=model.name, path="in place" if inplace is not None else "generic",
+                 reason=None if inplace is not None else f"the model offers no Model.builders[{INPLACE_KEY!r}]")
+        module = None if inplace is not None else copy.deepcopy(model.module)
+        return StaticCacheRunner(module, sig, max_len=max_len, device=device, dtype=cfg.dtype,
+                                 graphs=bool(cfg.cuda_graphs), inplace=inplace)
     if cfg.cuda_graphs:
         raise UnsupportedOptionError(
-            f"backend=cuda cuda_graphs=true needs the static KV cache of a decoder; model "
-            f"{model.name!r} is a {model.kind!r} with no KV cache. Set backend.cuda_graphs=false."
-        )
+            f"backend=cuda cuda_graphs=true needs the static KV cache of a model with growing state; model "
+            f"{model.name!r} has {sig.state_kind} state. Set backend.cuda_graphs=false.")
     from plugstack.backends.eager import EagerRunner
 
-    return EagerRunner(module, sig, device=device, dtype=cfg.dtype)
+    return EagerRunner(copy.deepcopy(model.module), sig, device=device, dtype=cfg.dtype)
+
+
+def static_length(model: Model, cfg: Any) -> int:
+    """Positions a slot of the static cache holds: ``backend.max_cache_len``, or the context length."""
+    context = int(model.context_length or model.signature.meta.get("context_length") or 0)
+    max_len = int(cfg.max_cache_len) or context
+    if max_len <= 0:
+        raise UnsupportedOptionError(
+            f"backend=cuda static_cache needs a length: model {model.name!r} declares no context "
+            f"length, so set backend.max_cache_len=<positions>.")
+    if context and max_len > context:
+        raise UnsupportedOptionError(
+            f"backend.max_cache_len={max_len} exceeds the context length of model {model.name!r} "
+            f"({context}). Use at most {context}, or 0 for the full context.")
+    return max_len
 
 
 def check_options(cfg: Any) -> None:

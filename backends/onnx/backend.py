@@ -1,22 +1,27 @@
-"""``OnnxBackend``: probe ONNX Runtime, export + cache + quantise + verify, hand out runners."""
+"""``OnnxBackend``: probe ONNX Runtime; make, cache and verify the graph (``build.py``); hand out runners."""
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
+import functools
 import importlib.metadata as md
 import importlib.util
 import os
 import platform
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
 
 from plugstack.backend import Availability, Backend, DeviceInfo
+from plugstack.builders import BuiltGraph
 from plugstack.errors import BackendUnavailableError
 from plugstack.model import Model
 
 from .config import OnnxBackendConfig, coerce_config
+
+if TYPE_CHECKING:
+    from .runner import OnnxRunner
 
 log = structlog.get_logger("plugstack.onnx")
 
@@ -138,120 +143,56 @@ class OnnxBackend(Backend):
 
         return Path(self.options.cache_dir).expanduser() if self.options.cache_dir else default_cache_dir()
 
-    def graph_kind(self, model: Model) -> str:
-        """``fused`` or ``export``: how this model's graph is made under ``backend.graph``."""
-        from .fused import supports
+    def prepare(self, model: Model) -> OnnxRunner:
+        from .build import base_entry, choose_builder, graph_of, quantized_entry
 
-        if self.options.graph == "export" or self.options.dtype != "fp32":
-            return "export"
-        if supports(model):
-            return "fused"
-        if self.options.graph == "fused":
-            from plugstack.errors import UnsupportedOptionError
-
-            raise UnsupportedOptionError(
-                f"backend.graph=fused builds plugstack's Llama decoder only; model {model.name!r} "
-                f"(kind {model.kind!r}, module {type(model.module).__name__}) is not one. "
-                f"Use backend.graph=auto or export."
-            )
-        return "export"
-
-    def key_parts(self, model: Model, quantize: str | None) -> dict[str, Any]:
-        """Everything a cached graph depends on (hashed into its cache key)."""
-        import onnx
-        import onnxruntime
-        import torch
-
-        from .export import EXPORT_FORMAT_VERSION
-        from .fused import FUSED_FORMAT_VERSION
-
-        graph = self.graph_kind(model)
-        return {
-            "graph": graph,
-            "format": EXPORT_FORMAT_VERSION if graph == "export" else FUSED_FORMAT_VERSION,
-            "model": model.name,
-            "kind": model.kind,
-            "weights": model.weights_digest or _state_digest(model),
-            "signature": model.signature.describe(),
-            "dtype": self.options.dtype,
-            "quantize": quantize,
-            "opset": self.options.opset,
-            "torch": torch.__version__,
-            "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "onnxscript": _version("onnxscript"),
-        }
-
-    def prepare(self, model: Model):
-        from .cache import cache_key, get_or_build
-        from .export import export_step
-        from .runner import OnnxRunner
-        from .verify import verify_against_eager
-
-        opts = OnnxBackendConfig(**{**self.options.__dict__, "providers": self._providers()})
-        cache_dir = self.cache_dir()
-        dtype = opts.dtype
-        made: dict[str, OnnxRunner] = {}  # runners built while verifying, reused (no 2nd session)
-
-        graph = self.graph_kind(model)
-
-        def build_base(tmp: Path) -> dict[str, Any]:
-            if graph == "fused":
-                from .fused import build_llama
-
-                seconds = build_llama(model, tmp / "model.onnx")
-            else:
-                seconds = export_step(model, tmp / "model.onnx", opset=opts.opset, dtype=dtype)
-            fields: dict[str, Any] = {"model_file": "model.onnx", "graph": graph,
-                                      "build_seconds": round(seconds, 2)}
-            if opts.verify:
-                base_opts = OnnxBackendConfig(**{**opts.__dict__, "quantize": None})
-                runner = OnnxRunner(tmp / "model.onnx", model.signature, base_opts, dtype=dtype)
-                fields["verify"] = verify_against_eager(runner, model, variant=dtype, tolerance=opts.tolerance)
-                if opts.quantize is None:
-                    made["runner"] = runner
-            return fields
-
-        base_parts = self.key_parts(model, None)
-        base = get_or_build(cache_dir, cache_key(base_parts), build_base, describe=base_parts)
-        entry = base
+        opts = dataclasses.replace(self.options, providers=self._providers())
+        builder = choose_builder(model, opts)
+        if builder is None:  # the generic export concatenates: refuse what cannot apply before exporting
+            self.kv_mode(model, BuiltGraph(), opts.providers[0])
+        made: dict[str, Any] = {}  # a runner built while verifying, reused (no 2nd session)
+        make = functools.partial(self._runner, model)
+        entry = base_entry(model, opts, builder, self.cache_dir(), make, made)
         if opts.quantize is not None:
-            from .quantize import quantize_graph
-
-            def build_quantized(tmp: Path) -> dict[str, Any]:
-                seconds = quantize_graph(base.model_path, tmp / "model.onnx", opts.quantize)
-                fields: dict[str, Any] = {"model_file": "model.onnx", "graph": graph,
-                                          "quantize_seconds": round(seconds, 2), "base": base.path.name}
-                if opts.verify:
-                    runner = OnnxRunner(tmp / "model.onnx", model.signature, opts, dtype=dtype)
-                    fields["verify"] = verify_against_eager(runner, model, variant=opts.quantize,
-                                                            tolerance=opts.tolerance)
-                    made["runner"] = runner
-                return fields
-
-            q_parts = self.key_parts(model, opts.quantize)
-            entry = get_or_build(cache_dir, cache_key(q_parts), build_quantized, describe=q_parts)
-        runner = made.get("runner") or OnnxRunner(entry.model_path, model.signature, opts, dtype=dtype)
+            entry = quantized_entry(model, opts, builder, entry, self.cache_dir(), make, made)
+        runner = made.get("runner") or make(entry.model_path, opts, graph_of(entry))
         runner.path = entry.model_path  # a runner made while verifying saw the temporary dir
         runner.cache_entry = entry  # where the graph lives, and whether this call built it
-        # The graph is the same either way (GroupQueryAttention notices past and present
-        # sharing one buffer at run time), so kv_cache is not part of the cache key; the
-        # verification above ran the graph with concatenated state. The buffers are host
-        # memory, so only a CPU session appends in place; others keep concatenating.
-        fused_on_cpu = graph == "fused" and runner.providers[0] == "CPUExecutionProvider"
-        if opts.kv_cache == "shared" and fused_on_cpu:
-            runner.share_kv_buffers(self.cache_capacity(model))
-        # ONNX Runtime's CPU GroupQueryAttention refuses several new tokens on top of a cache
-        # when batch > 1 ("batch_size must be 1 when sequence_length > 1 and past context is
-        # given"): such a step runs token by token instead.
-        runner.chunks_token_by_token = fused_on_cpu
-        log.info("onnx.prepare.done", model=model.name, graph=graph, quantize=opts.quantize,
-                 kv_cache=runner.kv_cache, kv_capacity=runner.capacity or None,
-                 providers=runner.providers, cached=not entry.built, path=str(entry.model_path))
+        log.info("onnx.prepare.done", model=model.name, quantize=opts.quantize, kv_cache=runner.kv_cache,
+                 slot_capacity=runner.slot_capacity, providers=runner.providers, cached=not entry.built,
+                 path=str(entry.model_path))
         return runner
 
+    def _runner(self, model: Model, path: Path, opts: OnnxBackendConfig, graph: BuiltGraph) -> OnnxRunner:
+        """A runner over the graph at ``path``, its state kept as :meth:`kv_mode` says."""
+        from .runner import OnnxRunner
+
+        runner = OnnxRunner(path, model.signature, opts, dtype=opts.dtype, graph=graph)
+        if self.kv_mode(model, graph, runner.providers[0]) == "shared":
+            runner.share_kv_buffers(self.cache_capacity(model))
+        return runner
+
+    def kv_mode(self, model: Model, graph: BuiltGraph, provider: str) -> str:
+        """``shared`` or ``concat`` under ``backend.kv_cache`` for this graph; an explicit
+        ``shared`` that cannot apply is refused, naming why."""
+        wanted = self.options.kv_cache
+        if model.signature.state_kind != "growing":
+            why = f"model {model.name!r} has no KV cache (its state is {model.signature.state_kind})"
+        elif not graph.inplace_state:
+            why = "its graph concatenates its cache (the generic torch.onnx export does)"
+        elif provider != "CPUExecutionProvider":
+            why = f"the shared buffers are host memory, and the session runs on {provider}"
+        else:
+            return "concat" if wanted == "concat" else "shared"
+        if wanted == "shared":
+            from plugstack.errors import UnsupportedOptionError
+
+            raise UnsupportedOptionError(f"backend.kv_cache=shared cannot apply: {why}. Use backend.kv_cache=auto "
+                                         f"(shared where it applies) or concat.")
+        return "concat"
+
     def cache_capacity(self, model: Model) -> int:
-        """Positions of the shared KV buffer: ``backend.max_cache_len`` capped at the context length."""
+        """Positions a slot's shared KV buffer holds: ``backend.max_cache_len`` capped at the context length."""
         context = int(model.signature.meta.get("context_length") or 0)
         cap = self.options.max_cache_len
         if context <= 0:
@@ -264,22 +205,3 @@ class OnnxBackend(Backend):
                     f"backend.kv_cache=concat.")
             return cap
         return context if cap <= 0 else min(cap, context)
-
-
-def _version(dist: str) -> str:
-    try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
-        return "absent"
-
-
-def _state_digest(model: Model) -> str:
-    """sha256 of the module's tensors, for models that did not declare ``weights_digest``."""
-    import torch
-
-    h = hashlib.sha256()
-    for name, t in model.module.state_dict().items():
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(dtype=torch.uint8).numpy().tobytes())
-    return h.hexdigest()

@@ -31,15 +31,15 @@ GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
 #: (ONNX Runtime's MatMulNBits), see ``quantize.py`` for why and for measured quality.
 QUANTIZE_CHOICES = (None, "int8", "int4")
 DTYPES = ("fp32", "fp16")
-#: How the step graph is made: ``export`` (torch.onnx dynamo export, any model), ``fused``
-#: (built from the weights with ONNX Runtime's fused operators; plugstack's Llama only),
-#: ``auto`` (fused where supported, else export).
+#: How the step graph is made: ``fused`` (the model plugin's own graph builder, see
+#: ``plugstack.builders``; the Llama plugin's uses ONNX Runtime's fused operators), ``export``
+#: (torch.onnx dynamo export, any model), ``auto`` (fused where the model offers it, else export).
 GRAPHS = ("auto", "export", "fused")
-#: How the fused graph's KV cache is kept between steps: ``concat`` (per-layer past/present
-#: arrays; ONNX Runtime copies the whole cache into a new present every step) or ``shared``
-#: (one preallocated ``[batch, kv_heads, max_cache_len, head_dim]`` buffer per layer that
-#: GroupQueryAttention appends to in place; CPU provider). The exported graph always concatenates.
-KV_CACHES = ("concat", "shared")
+#: How a KV cache is kept between steps: ``concat`` (ONNX Runtime copies the whole cache into
+#: a new present every step), ``shared`` (one preallocated buffer per state tensor that the
+#: graph appends to in place: graphs whose builder declares it, on the CPU provider), ``auto``
+#: (shared where it applies, else concat).
+KV_CACHES = ("auto", "concat", "shared")
 #: Opsets the exporter is tested with. 23 has the standard RMSNormalization/Attention ops.
 MIN_OPSET, MAX_OPSET = 18, 23
 
@@ -69,8 +69,8 @@ class OnnxBackendConfig:
     verify: bool = True
     #: Max |difference| / max(1, |value|) allowed by that comparison for fp32 graphs.
     tolerance: float = 1e-4
-    #: KV cache of the fused graph: shared (preallocated, appended in place) | concat (see KV_CACHES).
-    kv_cache: str = "shared"
+    #: KV cache between steps: auto | shared (preallocated, appended in place) | concat (see KV_CACHES).
+    kv_cache: str = "auto"
     #: Positions the shared KV buffer holds (capped at the model's context length); 0 = the
     #: context length. Memory: layers x 2 x kv_heads x head_dim x 4 bytes per position and row
     #: (SmolLM2: 46 KiB, so 4096 positions = 189 MiB per row, touched only as it fills).

@@ -57,8 +57,9 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
     return rewritten
 
 
-def quantize_graph(src: Path, dst: Path, quantize: str) -> float:
-    """Write a ``quantize`` (int8|int4) version of the fp32 graph ``src`` to ``dst``; returns seconds."""
+def quantize_graph(src: Path, dst: Path, quantize: str) -> int:
+    """Write a ``quantize`` (int8|int4) version of the fp32 graph ``src`` to ``dst``; returns
+    how many MatMuls it quantised (0: the graph has none, nothing changed)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     # The quantiser logs every node it visits at INFO; keep the user's console readable.
@@ -84,4 +85,4 @@ def quantize_graph(src: Path, dst: Path, quantize: str) -> float:
     log.info("onnx.quantize.done", quantize=quantize, bits=bits, block_size=BLOCK_SIZE, seconds=round(seconds, 2),
              matmulnbits=counts.get("MatMulNBits", 0), float_matmul=counts.get("MatMul", 0),
              gemm_rewritten=heads, bytes=dst.stat().st_size)
-    return seconds
+    return counts.get("MatMulNBits", 0)

@@ -1,27 +1,21 @@
-"""Runs an exported step graph with an ``onnxruntime.InferenceSession``.
+"""Runs a step graph with an ``onnxruntime.InferenceSession``, over slot-addressed state.
 
-Two ways to keep the KV cache between steps (``backend.kv_cache``):
+Two ways to keep a growing state between steps (``backend.kv_cache``):
 
 ``concat``
-    State is a list of numpy arrays in the signature's state order (``past.i.key/value``);
-    each step's ``present`` outputs become the next step's ``past``. ONNX Runtime writes
-    the whole cache into a fresh ``present`` every step, so a step copies
-    ``layers x 2 x kv_heads x head_dim x 4`` bytes per cached position (SmolLM2: 46 KiB,
-    i.e. 138 MiB per step at 3000 positions). The exported graph always works this way.
-``shared`` (fused graph only)
-    State is a :class:`SharedKV`: one preallocated ``[batch, kv_heads, capacity, head_dim]``
-    buffer per state tensor, bound through IOBinding as both ``past`` and ``present``.
-    GroupQueryAttention sees the same pointer and appends the new positions in place
-    (ONNX Runtime's ``past_present_share_buffer``); ``seqlens_k``/``total_sequence_length``
-    (from the attention mask's width) say how much of the buffer is valid. Nothing is
-    copied; only attention itself still grows with the context. Left padding stays inside
-    the buffer as it does with ``concat``; the attention bias masks it.
-
-Measured on SmolLM2, 2 threads, 64 greedy tokens after a 40/1000/3000-token prompt, both
-schemes alternating in one process: the same tokens, and decode tok/s concat -> shared of
-fp32 39.9 -> 40.0, 26.8 -> 33.4, 17.5 -> 26.2; int4 102 -> 107, 50 -> 73, 21 -> 41. On a
-loaded machine (other processes on the cores) the gap at 3000 was similar or wider. Hence
-``shared`` is the default.
+    The state is a :class:`plugstack.state.TensorSlots` (each slot's arrays apart, gathered
+    into one batch per step). ONNX Runtime writes the whole cache into a fresh ``present``
+    every step, so a step copies the cache. Every graph can run this way (and fixed-size
+    state always does).
+``shared`` (graphs whose builder declares ``inplace_state``)
+    The state is a :class:`SharedKV`: one preallocated ``[slots, kv_heads, capacity + 1,
+    head_dim]`` buffer per state tensor, bound through IOBinding as both ``past`` and
+    ``present``. GroupQueryAttention sees the same pointer and appends each row's new
+    positions in place after the row's prefix (its length comes from the mask); nothing is
+    copied. A step over every slot binds the whole buffers; admitting one sequence binds
+    that slot's rows of them (numpy views of the same memory), so the other slots keep
+    their caches. A step that skips live slots still runs them, with a token parked at the
+    position after their prefix (the ``+ 1``) that the next real step overwrites.
 """
 
 from __future__ import annotations
@@ -31,7 +25,6 @@ import sys
 import threading
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +32,11 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from plugstack.backend import Runner, StepOutput
+from plugstack.backend import Runner
+from plugstack.builders import BuiltGraph
 from plugstack.errors import GenerationError
 from plugstack.signature import FLOAT, StepSignature
+from plugstack.state import SlotState, TensorSlots
 
 from .config import OnnxBackendConfig
 
@@ -64,178 +59,148 @@ def session_options(cfg: OnnxBackendConfig) -> ort.SessionOptions:
     so.inter_op_num_threads = 1
     so.log_severity_level = 4  # failures reach the user as GenerationError with ORT's message
     # Spin-wait inside a run (hundreds of small kernels per decode step: waking sleeping
-    # threads for each costs ~1.4x on SmolLM2 int4). Between runs, by default, too: the
-    # workers spin ~60 ms after a step and the next one finds them awake (~5% a step);
-    # spin_between_runs=false stops them as each run returns, for processes whose torch
-    # work must not lose a core to them (see OnnxBackendConfig).
+    # threads for each is slow), and by default between runs too, so the next step finds
+    # the workers awake; spin_between_runs=false stops them as each run returns.
     so.add_session_config_entry("session.intra_op.allow_spinning", "1")
     so.add_session_config_entry("session.force_spinning_stop", "0" if cfg.spin_between_runs else "1")
     return so
 
 
-@dataclass
-class KVBuffers:
-    """Preallocated KV buffers of one batch size, and the two IOBindings that bind them.
-
-    ``arrays`` are the numpy buffers (state order, ``[batch, kv_heads, capacity, head_dim]``),
-    ``values`` the OrtValues over the same memory. ``bindings`` are two IOBindings that
-    bind them as both past and present, each with its own preallocated arrays for the
-    other (fixed-shape) outputs, the logits: rebinding ~60 tensors every step cost ~5% of
-    an int4 decode step. Steps alternate between the two, so the logits handed out by one
-    step stay the caller's through the next; a binding whose arrays are still held after
-    that gets fresh ones (see ``OnnxRunner._run_shared``).
+@dataclasses.dataclass
+class Bindings:
+    """Two IOBindings over one set of KV arrays (all slots, or one slot's rows), each with
+    its own preallocated arrays for the other outputs. Steps alternate between the two, so
+    the logits handed out by one step stay the caller's through the next; a binding whose
+    arrays a caller still holds after that gets fresh ones (see ``OnnxRunner._bound_run``).
     """
 
-    arrays: list[np.ndarray]
-    values: list[Any]
-    bindings: list[Any] = dataclasses.field(default_factory=list, repr=False)
-    outputs: list[dict[str, np.ndarray]] = dataclasses.field(default_factory=list, repr=False)
+    bindings: list[Any]
+    outputs: list[dict[str, np.ndarray]]
     turn: int = 0
     unheld: int = 0
 
-    @property
-    def batch(self) -> int:
-        return int(self.arrays[0].shape[0]) if self.arrays else 0
 
-    @property
-    def capacity(self) -> int:
-        return int(self.arrays[0].shape[2]) if self.arrays else 0
+@dataclasses.dataclass
+class KVBuffers:
+    """Preallocated numpy buffers ``[slots, kv_heads, capacity + 1, head_dim]`` (state order)
+    and their bindings: of all slots (``full``) and of single slots' rows (``views``)."""
 
-
-class _Lease:
-    """Held by every SharedKV of one sequence of steps; when the last is dropped, the
-    runner takes the buffers back for the next ``new_state`` (see ``_recycle``)."""
+    arrays: list[np.ndarray]
+    full: Bindings | None = None
+    views: dict[int, Bindings] = dataclasses.field(default_factory=dict)
 
 
-@dataclass
-class SharedKV:
-    """State of a ``kv_cache=shared`` runner: preallocated buffers plus how much is filled.
+class SharedKV(SlotState):
+    """State of a ``kv_cache=shared`` runner: its buffers, and ``mask`` ``[slots, capacity +
+    1]`` with ones over each slot's positions. Once the state is dropped, the runner reuses
+    its buffers (and bindings) for the next ``new_state`` of as many slots."""
 
-    A step updates the buffers in place and returns a new ``SharedKV`` over them with a
-    larger ``length`` (valid positions): as the Runner contract says, continue with the
-    returned state and never reuse an older one. Once no ``SharedKV`` over the buffers is
-    left, the runner reuses them for its next ``new_state`` of the same batch size: fresh
-    buffers cost ~10 ms of page mapping per generation and a page fault every few steps.
-    """
-
-    buffers: KVBuffers
-    length: int
-    lease: _Lease = dataclasses.field(default_factory=_Lease, repr=False)
+    def __init__(self, buffers: KVBuffers, capacity: int) -> None:
+        super().__init__(int(buffers.arrays[0].shape[0]), capacity)
+        self.buffers = buffers
+        self.mask = np.zeros((self.size, capacity + 1), dtype=np.int64)
 
     @property
     def arrays(self) -> list[np.ndarray]:
         return self.buffers.arrays
 
-    @property
-    def values(self) -> list[Any]:
-        return self.buffers.values
-
-    @property
-    def batch(self) -> int:
-        return self.buffers.batch
-
-    @property
-    def capacity(self) -> int:
-        return self.buffers.capacity
+    def release(self, slot: int) -> None:
+        super().release(slot)
+        self.mask[slot] = 0
 
 
 class OnnxRunner(Runner):
-    """One ``InferenceSession`` over one exported step graph."""
+    """One ``InferenceSession`` over one step graph."""
 
     #: The model runs on ONNX Runtime's threads; torch only does light work between steps.
     uses_torch_threads = False
     #: Step inputs may be numpy arrays (they become numpy for ONNX Runtime anyway).
     accepts_numpy = True
 
-    def __init__(self, model_path: Path, signature: StepSignature, cfg: OnnxBackendConfig,
-                 *, dtype: str = "fp32") -> None:
+    def __init__(self, model_path: Path, signature: StepSignature, cfg: OnnxBackendConfig, *,
+                 dtype: str = "fp32", graph: BuiltGraph | None = None) -> None:
         self.signature = signature
         self.dtype = dtype if cfg.quantize is None else cfg.quantize
+        self.graph = graph or BuiltGraph()
         self.path = Path(model_path)
         #: The cache entry the graph came from (set by ``OnnxBackend.prepare``).
         self.cache_entry: Any = None
         self.session: ort.InferenceSession | None = ort.InferenceSession(
-            str(model_path), sess_options=session_options(cfg), providers=list(cfg.providers)
-        )
+            str(model_path), sess_options=session_options(cfg), providers=list(cfg.providers))
         self.providers = self.session.get_providers()
         self._np_float = _NP_FLOAT[dtype]
         self._state_index = {name: i for i, name in enumerate(signature.state_inputs)}
         self._state_out = {o: self._state_index[i] for i, o in signature.state}
         graph_inputs = {i.name for i in self.session.get_inputs()}
+        #: Inputs the graph reads, in signature order (a builder's graph may skip some).
         self._feed_names = [n for n in signature.input_names if n in graph_inputs]
-        #: Step inputs the graph does not read (the fused graph's position_ids): still required.
-        self._unread = [n for n in signature.feed_inputs if n not in graph_inputs]
         self._dtypes = {t.name: self._np_dtype(t.dtype) for t in signature.inputs}
         #: ``concat`` or ``shared`` (see the module docstring); set by :meth:`share_kv_buffers`.
         self.kv_cache = "concat"
-        #: Positions each shared buffer holds (0 with ``concat``).
-        self.capacity = 0
-        #: Run a multi-token step on a non-empty cache with batch > 1 one token at a time
-        #: (set by OnnxBackend.prepare where the graph's attention cannot do it at once).
-        self.chunks_token_by_token = False
-        #: Buffers whose last SharedKV was dropped, kept for the next new_state.
+        #: Buffers of a dropped SharedKV, kept for the next new_state of as many slots.
         self._spare: KVBuffers | None = None
         self._spare_lock = threading.Lock()
 
     def share_kv_buffers(self, capacity: int) -> None:
-        """Keep the KV cache in preallocated buffers of ``capacity`` positions, appended in place.
-
-        Only for graphs whose attention appends to a shared past/present buffer (the fused
-        graph's GroupQueryAttention); the generic export concatenates and cannot.
-        """
+        """Keep the state in preallocated buffers of ``capacity`` positions a slot, appended
+        in place. Only for graphs built with ``inplace_state`` (see the module docstring)."""
         if capacity <= 0:
             raise ValueError(f"shared KV buffers need a positive capacity, got {capacity}")
-        self.kv_cache, self.capacity = "shared", int(capacity)
-        # The buffer is this runner's context window: generation checks prompts against it
-        # up front and ends rows there, instead of failing mid-way (see _run_shared).
-        context = self.signature.meta.get("context_length")
-        if not context or int(context) > self.capacity:
-            self.signature = dataclasses.replace(
-                self.signature, meta={**self.signature.meta, "context_length": self.capacity})
+        if not self.graph.inplace_state:
+            raise ValueError("this graph does not append its state in place (BuiltGraph.inplace_state)")
+        self.kv_cache, self.slot_capacity = "shared", int(capacity)
 
     def _np_dtype(self, spec_dtype: str) -> Any:
         return self._np_float if spec_dtype == FLOAT else np.dtype(spec_dtype)
 
-    def new_state(self, batch_size: int) -> Any:
-        if self.kv_cache == "shared":
-            return self._new_shared(batch_size)
-        state = []
-        for name in self.signature.state_inputs:
-            spec = self.signature.spec(name)
-            shape = [batch_size if d == "batch" else 0 if d == self.signature.state_axis else d
-                     for d in spec.shape]
-            if any(isinstance(d, str) for d in shape):
-                raise ValueError(f"cannot size state tensor {name!r}: unknown dim in {spec.shape}")
-            state.append(np.zeros(shape, dtype=self._np_dtype(spec.dtype)))
-        return state
+    # -- state ------------------------------------------------------------------------
 
-    def _new_shared(self, batch_size: int) -> SharedKV:
+    def new_state(self, slots: int) -> SlotState:
+        if self.kv_cache == "shared":
+            return self._new_shared(slots)
+        initial = [torch.from_numpy(self._empty(n, rows=1, positions=0)) for n in self.signature.state_inputs]
+        return TensorSlots(self.signature, slots, initial, layout=self.graph.state_layout)
+
+    def _empty(self, name: str, *, rows: int, positions: int) -> np.ndarray:
+        spec, axis = self.signature.spec(name), self.signature.state_axis
+        shape = [rows if d == "batch" else positions if d == axis else d for d in spec.shape]
+        if any(isinstance(d, str) for d in shape):
+            raise ValueError(f"cannot size state tensor {name!r}: unknown dim in {spec.shape}")
+        # np.zeros maps fresh zero pages: untouched capacity costs address space, not RAM.
+        return np.zeros(shape, dtype=self._np_dtype(spec.dtype))
+
+    def _new_shared(self, slots: int) -> SharedKV:
         with self._spare_lock:  # two threads must never take the same buffers
             spare, self._spare = self._spare, None
-        if spare is not None and spare.batch == batch_size:
+        if spare is not None and spare.arrays[0].shape[0] == slots:
             buffers = spare  # no zeroing needed: a step only reads positions it has written
         else:
-            arrays, values = [], []
-            for name in self.signature.state_inputs:
-                spec = self.signature.spec(name)
-                shape = [batch_size if d == "batch" else self.capacity if d == self.signature.state_axis else d
-                         for d in spec.shape]
-                # np.zeros maps fresh zero pages: untouched capacity costs address space, not RAM.
-                array = np.zeros(shape, dtype=self._np_dtype(spec.dtype))
-                arrays.append(array)
-                values.append(ort.OrtValue.ortvalue_from_numpy(array))  # same memory, no copy
-            buffers = KVBuffers(arrays, values)
-        state = SharedKV(buffers, 0)
-        weakref.finalize(state.lease, _recycle, weakref.ref(self), buffers)
+            cap = self.slot_capacity + 1  # + the parking position (see the module docstring)
+            buffers = KVBuffers([self._empty(n, rows=slots, positions=cap) for n in self.signature.state_inputs])
+        state = SharedKV(buffers, self.slot_capacity)
+        weakref.finalize(state, _recycle, weakref.ref(self), buffers)
         return state
 
-    def state_length(self, state: Any) -> int:
+    def steps_together(self, state: SlotState, rows: list[int], new: int) -> bool:
+        if not super().steps_together(state, rows, new):
+            return False
+        if len(rows) < 2 or new < 2:
+            return True
+        if isinstance(state, SharedKV) and rows != state.all_rows:
+            return False  # a multi-token step of some slots: one slot at a time, through its views
+        return self.graph.multi_row_chunks or not any(state.lengths[s] for s in rows)
+
+    # -- one step ---------------------------------------------------------------------
+
+    def step(self, inputs: Mapping[str, Any], state: SlotState, rows: list[int], new: int) -> dict[str, Any]:
+        if self.session is None:
+            raise GenerationError("this onnx runner was closed; prepare the model again")
         if isinstance(state, SharedKV):
-            return state.length
-        if not state:
-            return 0
-        spec = self.signature.spec(self.signature.state_inputs[0])
-        return int(state[0].shape[spec.shape.index(self.signature.state_axis)])
+            return self._step_shared(inputs, state, rows, new)
+        if self.kv_cache == "shared" and self.signature.state:
+            raise GenerationError("this runner keeps its KV cache in shared buffers (backend.kv_cache=shared): "
+                                  "pass a state from its own new_state()")
+        return self._step_concat(inputs, state, rows, new)
 
     def _to_numpy(self, name: str, value: Any) -> np.ndarray:
         if isinstance(value, torch.Tensor):
@@ -245,146 +210,134 @@ class OnnxRunner(Runner):
                 value = value.detach().cpu().numpy()
         return np.ascontiguousarray(value, dtype=self._dtypes[name])
 
-    def run(self, inputs: Mapping[str, Any], state: Any = None) -> StepOutput:
-        if self.session is None:
-            raise GenerationError("this onnx runner was closed; prepare the model again")
-        if state is None and self.signature.state:
-            batch = np.shape(next(iter(inputs.values())))[0]
-            state = self.new_state(batch)
-        for name in self._unread:
-            self._input(inputs, name)
-        if self.chunks_token_by_token and state is not None and self.state_length(state):
-            shape = np.shape(self._input(inputs, "input_ids"))
-            if len(shape) == 2 and shape[0] > 1 and shape[1] > 1:
-                return self._run_token_by_token(inputs, state)
-        if isinstance(state, SharedKV):
-            return self._run_shared(inputs, state)
-        if self.kv_cache == "shared" and state:
-            raise GenerationError("this runner keeps its KV cache in shared buffers (backend.kv_cache=shared): "
-                                  "pass the state from its new_state() or previous run(), not a list of arrays")
+    def _step_concat(self, inputs: Mapping[str, Any], state: TensorSlots, rows: list[int], new: int) -> dict:
+        past, mask = state.gather(rows, new)
         feed: dict[str, np.ndarray] = {}
         for name in self._feed_names:
             if name in self._state_index:
-                feed[name] = self._to_numpy(name, state[self._state_index[name]])
-                continue
-            feed[name] = self._to_numpy(name, self._input(inputs, name))
+                feed[name] = self._to_numpy(name, past[self._state_index[name]])
+            elif name == self.signature.mask:
+                feed[name] = np.ones((len(rows), new), np.int64) if mask is None else mask.numpy()
+            else:
+                feed[name] = self._to_numpy(name, inputs[name])
         try:
             results = self.session.run(self.signature.output_names, feed)
         except Exception as e:  # onnxruntime raises its own pybind exception types
-            shapes = {k: list(v.shape) for k, v in feed.items() if not k.startswith("past.")}
-            expected = {t.name: list(t.shape) for t in self.signature.inputs if t.name in shapes}
-            raise GenerationError(
-                f"ONNX Runtime rejected the step inputs {shapes}; the graph expects {expected} "
-                f"(past state length {self.state_length(state) if state else 0}). Details: {e}"
-            ) from e
-        outputs: dict[str, torch.Tensor] = {}
-        next_state: list[Any] = [None] * len(self._state_index)
+            raise GenerationError(self._rejected(feed, e)) from e
+        outputs, present = {}, [None] * len(self._state_index)
         for name, value in zip(self.signature.output_names, results, strict=True):
+            t = torch.from_numpy(value)
             if name in self._state_out:
-                next_state[self._state_out[name]] = value
+                present[self._state_out[name]] = t
             else:
-                t = torch.from_numpy(value)
                 outputs[name] = t.float() if t.is_floating_point() else t
-        return StepOutput(outputs, next_state)
+        state.scatter(rows, present, new)
+        return outputs
 
-    def _run_token_by_token(self, inputs: Mapping[str, Any], state: Any) -> StepOutput:
-        """One step of several new tokens as that many one-token steps: the same cache and
-        last-position logits, since each token only attends to what precedes it."""
-        ids, positions, mask = (self._to_numpy(n, self._input(inputs, n))
-                                for n in ("input_ids", "position_ids", "attention_mask"))
-        past = mask.shape[1] - ids.shape[1]
-        out = StepOutput({}, state)
-        for j in range(ids.shape[1]):
-            step = {"input_ids": ids[:, j : j + 1], "position_ids": positions[:, j : j + 1],
-                    "attention_mask": mask[:, : past + j + 1]}
-            out = self.run(step, out.state)
-        return out
+    def _rejected(self, feed: Mapping[str, np.ndarray], error: Exception) -> str:
+        shapes = {k: list(v.shape) for k, v in feed.items() if k not in self._state_index}
+        expected = {t.name: list(t.shape) for t in self.signature.inputs if t.name in shapes}
+        return f"ONNX Runtime rejected the step inputs {shapes}; the graph expects {expected}. Details: {error}"
 
-    def _input(self, inputs: Mapping[str, Any], name: str) -> Any:
-        try:
-            return inputs[name]
-        except KeyError:
-            raise KeyError(f"missing input {name!r}; this step needs {self.signature.feed_inputs}") from None
-
-    def _run_shared(self, inputs: Mapping[str, Any], state: SharedKV) -> StepOutput:
+    def _step_shared(self, inputs: Mapping[str, Any], state: SharedKV, rows: list[int], new: int) -> dict:
         """One step with the KV cache appended in place to ``state``'s buffers (IOBinding)."""
-        feed = {name: self._to_numpy(name, self._input(inputs, name))
-                for name in self._feed_names if name not in self._state_index}
-        ids, mask = feed.get("input_ids"), feed.get("attention_mask")
-        if ids is None or mask is None or ids.ndim != 2 or mask.ndim != 2:
-            shapes = {k: list(v.shape) for k, v in feed.items()}
-            raise GenerationError(f"ONNX Runtime step inputs {shapes}: input_ids and attention_mask must be "
-                                  f"2-D [batch, positions] (the graph expects {self.signature.feed_inputs})")
-        batch, new, total = ids.shape[0], ids.shape[1], mask.shape[1]
-        if batch != state.batch or mask.shape[0] != batch:
-            raise GenerationError(f"the step has {batch} rows (attention_mask {mask.shape[0]}) but its KV state "
-                                  f"was made for {state.batch}: call new_state({batch}) for a new batch")
-        if total != state.length + new:
-            raise GenerationError(
-                f"attention_mask covers {total} positions, but the KV cache holds {state.length} and the "
-                f"step adds {new}: the mask must cover every cached position plus the new ones")
-        if total > state.capacity:
-            raise GenerationError(
-                f"this step needs {total} KV-cache positions but the shared KV buffer holds "
-                f"{state.capacity} (backend.max_cache_len, capped at the model's context length "
-                f"{self.signature.meta.get('context_length', '?')}). Raise backend.max_cache_len, use a "
-                f"shorter prompt or fewer new tokens, or backend.kv_cache=concat.")
+        slot = rows[0] if len(rows) == 1 and state.size > 1 else None
+        lanes = rows if slot is not None else state.all_rows  # the rows the graph runs
+        stepped = set(rows) if not (lanes is rows or lanes == rows) else None
+        parked = [b for b in lanes if b not in stepped] if stepped is not None else []
+        total = 0
+        for b in lanes:  # ones over each lane's prefix plus what this step writes there
+            extra = new if stepped is None or b in stepped else 1
+            state.mask[b, state.lengths[b] : state.lengths[b] + extra] = 1
+            total = max(total, state.lengths[b] + extra)
+        feed = {}
+        for name in self._feed_names:
+            if name == self.signature.mask:
+                feed[name] = state.mask[slot : slot + 1, :total] if slot is not None else state.mask[:, :total]
+                if not feed[name].flags.c_contiguous:
+                    feed[name] = np.ascontiguousarray(feed[name])
+            elif name not in self._state_index:
+                feed[name] = self._lanes(self._to_numpy(name, inputs[name]), rows, lanes)
+        try:
+            out = self._bound_run(self._bindings(state, slot), feed)
+        except Exception as e:  # onnxruntime raises its own pybind exception types
+            raise GenerationError(self._rejected(feed, e)) from e
+        finally:
+            for b in parked:
+                state.mask[b, state.lengths[b]] = 0  # the parked token is not part of the row
+        outputs = {}
+        for name, array in out.items():
+            t = torch.from_numpy(array if not parked else array[rows])
+            outputs[name] = t.float() if array.dtype == np.float16 else t
+        return outputs
+
+    @staticmethod
+    def _lanes(value: np.ndarray, rows: list[int], lanes: list[int]) -> np.ndarray:
+        """A feed for the graph's rows ``lanes`` from the rows' own (zeros for parked rows)."""
+        if lanes is rows or lanes == rows:
+            return value
+        full = np.zeros((len(lanes), *value.shape[1:]), dtype=value.dtype)
+        full[rows] = value
+        return full
+
+    def _bindings(self, state: SharedKV, slot: int | None) -> Bindings:
+        """The bindings of all of ``state``'s slots (``slot=None``) or of one slot's rows."""
         buffers = state.buffers
-        if not buffers.bindings:
-            self._bind(buffers)
-        turn = buffers.turn
-        buffers.turn = 1 - turn
-        binding, arrays = buffers.bindings[turn], buffers.outputs[turn]
+        if slot is None:
+            if buffers.full is None:
+                buffers.full = self._bind(buffers.arrays, state.size)
+            return buffers.full
+        if slot not in buffers.views:
+            buffers.views[slot] = self._bind([a[slot : slot + 1] for a in buffers.arrays], 1)
+        return buffers.views[slot]
+
+    def _bind(self, arrays: list[np.ndarray], rows: int) -> Bindings:
+        """Two bindings of ``arrays`` as both past and present, with fresh arrays for the other
+        outputs (which must have fixed shapes but for the batch)."""
+        shapes = {}
+        for name in self.signature.output_names:
+            if name in self._state_out:
+                continue
+            spec = self.signature.spec(name)
+            shape = [rows if d == "batch" else d for d in spec.shape]
+            if not all(isinstance(d, int) for d in shape):
+                raise GenerationError(f"kv_cache=shared needs fixed-shape outputs besides the batch; "
+                                      f"{name!r} is {list(spec.shape)}: use backend.kv_cache=concat")
+            shapes[name] = (shape, self._np_dtype(spec.dtype))
+        values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]  # same memory, no copy
+        bound = Bindings([], [])
+        for _ in range(2):
+            binding = self.session.io_binding()
+            outs = {name: np.empty(shape, dtype=dtype) for name, (shape, dtype) in shapes.items()}
+            for name in outs:
+                binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(outs[name]))
+            for name, value in zip(self.signature.state_inputs, values, strict=True):
+                binding.bind_ortvalue_input(name, value)
+            for out, index in self._state_out.items():
+                binding.bind_ortvalue_output(out, values[index])
+            bound.bindings.append(binding)
+            bound.outputs.append(outs)
+        # The count of an array nobody else holds, measured the way _bound_run measures
+        # (no local name may refer to one here, or the count would be one too high).
+        bound.unheld = min((_references(outs, name) for name in outs), default=0)
+        return bound
+
+    def _bound_run(self, bound: Bindings, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        turn = bound.turn
+        bound.turn = 1 - turn
+        binding, arrays = bound.bindings[turn], bound.outputs[turn]
         for name in arrays:
-            if _references(arrays, name) > buffers.unheld:
+            if _references(arrays, name) > bound.unheld:
                 # A caller still holds the logits this binding produced two steps ago (a
                 # tensor from torch.from_numpy keeps its array referenced): fresh memory.
                 fresh = arrays[name] = np.empty_like(arrays[name])
                 binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(fresh))
         for name, value in feed.items():
             binding.bind_cpu_input(name, value)
-        try:
-            self.session.run_with_iobinding(binding)
-        except Exception as e:  # onnxruntime raises its own pybind exception types
-            shapes = {k: list(v.shape) for k, v in feed.items()}
-            raise GenerationError(f"ONNX Runtime rejected the step inputs {shapes} (KV cache length "
-                                  f"{state.length}, shared buffer of {state.capacity}). Details: {e}") from e
+        self.session.run_with_iobinding(binding)
         # Hand out the arrays ONNX Runtime wrote (a copy would be one more pass over logits
-        # half written by another core, ~50 us); see KVBuffers for when they are reused.
-        outputs = {}
-        for name, array in arrays.items():
-            t = torch.from_numpy(array)
-            outputs[name] = t.float() if array.dtype == np.float16 else t
-        return StepOutput(outputs, SharedKV(state.buffers, total, state.lease))
-
-    def _bind(self, buffers: KVBuffers) -> None:
-        """Make ``buffers``' two bindings: its KV buffers as past and present, and fresh
-        arrays for the other outputs (which must have fixed shapes but for the batch)."""
-        shapes = {}
-        for name in self.signature.output_names:
-            if name in self._state_out:
-                continue
-            spec = self.signature.spec(name)
-            shape = [buffers.batch if d == "batch" else d for d in spec.shape]
-            if not all(isinstance(d, int) for d in shape):
-                # Only the fused graph shares buffers, and its outputs are [batch, vocab].
-                raise GenerationError(f"kv_cache=shared needs fixed-shape outputs besides the batch; "
-                                      f"{name!r} is {list(spec.shape)}: use backend.kv_cache=concat")
-            shapes[name] = (shape, self._np_dtype(spec.dtype))
-        for _ in range(2):
-            binding = self.session.io_binding()
-            arrays = {name: np.empty(shape, dtype=dtype) for name, (shape, dtype) in shapes.items()}
-            for name in arrays:
-                binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(arrays[name]))
-            for name, value in zip(self.signature.state_inputs, buffers.values, strict=True):
-                binding.bind_ortvalue_input(name, value)
-            for out, index in self._state_out.items():
-                binding.bind_ortvalue_output(out, buffers.values[index])
-            buffers.bindings.append(binding)
-            buffers.outputs.append(arrays)
-        # The count of an array nobody else holds, measured the way _run_shared measures
-        # (no local name may refer to one here, or the count would be one too high).
-        buffers.unheld = min((_references(arrays, name) for name in arrays), default=0)
+        # half written by another core).
+        return arrays
 
     def close(self) -> None:
         self.session = None
@@ -396,7 +349,7 @@ def _references(arrays: dict[str, np.ndarray], name: str) -> int:
 
 
 def _recycle(runner_ref: weakref.ref, buffers: KVBuffers) -> None:
-    """A sequence's last SharedKV is gone: keep its buffers for the runner's next new_state."""
+    """A SharedKV is gone: keep its buffers for the runner's next new_state."""
     runner = runner_ref()
     if runner is not None and runner.session is not None:
         runner._spare = buffers

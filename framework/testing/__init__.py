@@ -1,11 +1,13 @@
 """Test kits for plugin authors (``plugstack.testing``); needs pytest, imports torch lazily.
 
-- :class:`BackendConformance`: the tests every backend must pass (see its module docs).
-- :func:`tiny_decoder_model`: a tiny random Llama wrapped as a :class:`plugstack.Model`.
-- :class:`DecoderDriver`: drives a Runner like a generation loop (left padding, decode).
+- :class:`BackendConformance`: the tests every backend must pass, on any model (see its module docs).
+- :class:`ModelConformance`: the tests every model plugin must pass (see its module docs).
+- :class:`SlotDriver`: drives a Runner's slots like the generation loop does.
+- :func:`tiny_decoder_model`, :func:`tiny_recurrent_model`: tiny random models of two shapes.
 """
 
-from .backend_kit import BackendConformance, DecoderDriver
-from .tiny_models import tiny_decoder_model, tiny_llama_config
+from .backend_kit import BackendConformance, SlotDriver
+from .tiny_models import KIT_MODELS, ByteTokenizer, tiny_decoder_model, tiny_llama_config, tiny_recurrent_model
 
-__all__ = ["BackendConformance", "DecoderDriver", "tiny_decoder_model", "tiny_llama_config"]
+__all__ = ["KIT_MODELS", "BackendConformance", "ByteTokenizer", "SlotDriver", "tiny_decoder_model",
+           "tiny_llama_config", "tiny_recurrent_model"]

@@ -1,13 +1,21 @@
-"""Tiny, randomly initialised models for tests: real architectures that run in milliseconds."""
+"""Tiny, randomly initialised models for tests: real architectures that run in milliseconds.
+
+Two shapes, so a kit run on both proves a backend runs *any* model, not one family:
+
+* :func:`tiny_decoder_model`: the Llama plugin's decoder (attention, a growing KV cache
+  with a mask and positions, and the plugin's own ONNX graph builder);
+* :func:`tiny_recurrent_model`: a byte-level recurrent language model (a fixed-size state
+  vector, no mask, no positions, no builder: every backend runs it on its generic path).
+"""
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from plugstack.model import Model
 
-__all__ = ["tiny_decoder_model", "tiny_llama_config"]
+__all__ = ["KIT_MODELS", "ByteTokenizer", "tiny_decoder_model", "tiny_llama_config", "tiny_recurrent_model"]
 
 
 def tiny_llama_config(*, vocab_size: int = 128, context_length: int = 64) -> Any:
@@ -33,27 +41,54 @@ def tiny_decoder_model(seed: int = 0, *, context_length: int = 64, all_logits: b
     Deterministic for a ``seed``: two calls give two independent modules with equal
     weights, so a test can hand one to the backend under test and keep one as reference.
     """
-    from plugstack.plugins.llama.model import Llama, init_weights
+    from plugstack.plugins.llama.model import Llama, as_model, init_weights
 
     cfg = tiny_llama_config(context_length=context_length)
     module = init_weights(Llama(cfg, all_logits=all_logits), seed=seed).eval()
+    return as_model(module, name=f"tiny-llama-seed{seed}", source=f"random init (seed {seed})", info=cfg.to_dict(),
+                    weights_digest=_digest(module, extra=f"ctx={context_length} all_logits={all_logits}"))
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as token ids 0-255, plus ``<eos>`` (256) and ``<pad>`` (257)."""
+
+    eos_token_ids = (256,)
+    pad_token_id = 257
+    vocab_size = 258
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
+        return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
+
+    def apply_chat_template(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+        return text + ("assistant: " if add_generation_prompt else "")
+
+
+def tiny_recurrent_model(seed: int = 0) -> Model:
+    """A byte-level language model whose state is one vector per sequence (see
+    :class:`~plugstack.testing.recurrent.TinyRecurrentLM`), with random weights."""
+    from .recurrent import TinyRecurrentLM
+
+    module = TinyRecurrentLM(vocab_size=ByteTokenizer.vocab_size, seed=seed).eval()
     return Model(
-        name=f"tiny-llama-seed{seed}",
-        kind="decoder",
-        module=module,
-        signature=module.signature(),
-        example_inputs=module.example_inputs,
-        context_length=context_length,
-        weights_digest=_digest(module, extra=f"ctx={context_length} all_logits={all_logits}"),
-        source=f"random init (seed {seed})",
-        info=cfg.to_dict(),
+        name=f"tiny-recurrent-seed{seed}", kind="decoder", module=module, signature=module.signature(),
+        example_inputs=module.example_inputs, tokenizer=ByteTokenizer(), weights_digest=_digest(module, "recurrent"),
+        source=f"random init (seed {seed})", info={"hidden": module.hidden},
     )
+
+
+#: The models the backend kit runs, by the name its ``kit_model`` fixture takes.
+KIT_MODELS: dict[str, Callable[..., Model]] = {
+    "tiny-llama": tiny_decoder_model,
+    "tiny-recurrent": tiny_recurrent_model,
+}
 
 
 def _digest(module: Any, extra: str) -> str:
     """sha256 of the weights plus what else changes the graph (backends key caches on it)."""
-    h = hashlib.sha256(extra.encode())
-    for name, tensor in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    from plugstack.files import module_digest
+
+    return module_digest(module, extra)

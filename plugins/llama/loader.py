@@ -76,18 +76,9 @@ def load_path(path: str | Path, *, context_length: int | None = None, name: str 
         layers=module_cfg.num_layers, vocab=module_cfg.vocab_size, tensor_types=extra.get("tensor_types"),
         build_seconds=round(t_build - t_read, 2),
     )  # fmt: skip
-    return Model(
-        name=name,
-        kind="decoder",
-        module=module,
-        signature=module.signature(),
-        example_inputs=module.example_inputs,
-        tokenizer=tokenizer,
-        context_length=module_cfg.context_length,
-        weights_digest=digest,
-        source=str(path),
-        info=info,
-    )
+    from .model import as_model
+
+    return as_model(module, name=name, tokenizer=tokenizer, weights_digest=digest, source=str(path), info=info)
 
 
 def _combined_digest(files: list[Path]) -> str:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from plugstack.model import Model
 from plugstack.signature import FLOAT, StepSignature, TensorSpec
 
 
@@ -91,22 +92,37 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, mask, past_k, past_v):
+    def qkv(self, x, cos, sin):
+        """Queries ``[B, H, T, D]`` and keys/values ``[B, KV, T, D]`` of the new positions, rotated."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        k = torch.cat((past_k, k), dim=2)
-        v = torch.cat((past_v, v), dim=2)
+        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin, v
+
+    def attend(self, q, k, v, mask):
+        """``q`` over all keys/values ``[B, KV, P, D]`` under ``mask`` ``[B, 1, T, P]``; ``[B, T, hidden]``."""
+        b, _, t, _ = q.shape
         # Grouped-query attention: each kv head serves n_heads // n_kv query heads.
         rep = self.n_heads // self.n_kv
         k_all = k.repeat_interleave(rep, dim=1) if rep > 1 else k
         v_all = v.repeat_interleave(rep, dim=1) if rep > 1 else v
         y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
-        y = y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
-        return self.o_proj(y), k, v
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+    def forward(self, x, cos, sin, mask, past_k, past_v):
+        q, k, v = self.qkv(x, cos, sin)
+        k = torch.cat((past_k, k), dim=2)
+        v = torch.cat((past_v, v), dim=2)
+        return self.attend(q, k, v, mask), k, v
+
+    def forward_inplace(self, x, cos, sin, mask, k_buf, v_buf, rows, cache_position):
+        """Write the new keys/values into the buffers at ``cache_position`` ``[B, T]`` (in place,
+        as gpt-fast's ``KVCache.update`` does, per row), then attend over the buffers."""
+        q, k, v = self.qkv(x, cos, sin)
+        k_buf[rows, :, cache_position] = k.transpose(1, 2)  # [B, T, KV, D] into [B, KV, P, D]
+        v_buf[rows, :, cache_position] = v.transpose(1, 2)
+        return self.attend(q, k_buf, v_buf, mask)
 
 
 class MLP(nn.Module):
@@ -131,8 +147,12 @@ class Block(nn.Module):
     def forward(self, x, cos, sin, mask, past_k, past_v):
         a, k, v = self.self_attn(self.input_layernorm(x), cos, sin, mask, past_k, past_v)
         x = x + a
-        x = x + self.mlp(self.post_attention_layernorm(x))
-        return x, k, v
+        return x + self.mlp(self.post_attention_layernorm(x)), k, v
+
+    def forward_inplace(self, x, cos, sin, mask, k_buf, v_buf, rows, cache_position):
+        x = x + self.self_attn.forward_inplace(self.input_layernorm(x), cos, sin, mask, k_buf, v_buf, rows,
+                                               cache_position)
+        return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class Llama(nn.Module):
@@ -190,17 +210,9 @@ class Llama(nn.Module):
                 inputs.append(TensorSpec(f"past.{i}.{part}", FLOAT, ("batch", kv[0], "past", kv[1])))
                 outputs.append(TensorSpec(f"present.{i}.{part}", FLOAT, ("batch", kv[0], "total", kv[1])))
                 state.append((f"past.{i}.{part}", f"present.{i}.{part}"))
-        meta = {
-            "kind": "decoder",
-            "num_layers": c.num_layers,
-            "num_heads": c.num_heads,
-            "kv_heads": c.num_kv_heads,
-            "head_dim": c.head_dim,
-            "vocab_size": c.vocab_size,
-            "context_length": c.context_length,
-            "all_logits": self.all_logits,
-        }
-        return StepSignature(tuple(inputs), tuple(outputs), tuple(state), state_axis="past", meta=meta)
+        meta = {"vocab_size": c.vocab_size, "context_length": c.context_length}
+        return StepSignature(tuple(inputs), tuple(outputs), tuple(state), state_axis="past", new_axis="seq",
+                             mask="attention_mask", positions="position_ids", meta=meta)
 
     def example_inputs(self, batch: int = 2, seq: int = 3, past: int = 2) -> tuple[torch.Tensor, ...]:
         """Valid inputs with every dynamic dim >= 2 (exporters specialise 0 and 1)."""
@@ -211,6 +223,49 @@ class Llama(nn.Module):
         mask = torch.ones(batch, past + seq, dtype=torch.int64)
         kv = [torch.randn(batch, c.num_kv_heads, past, c.head_dim, dtype=dtype) for _ in range(2 * c.num_layers)]
         return (ids, pos, mask, *kv)
+
+
+class InplaceKVStep(nn.Module):
+    """The Llama step over preallocated KV buffers it writes in place: the Llama plugin's
+    ``Model.builders["torch.inplace_kv"]`` (see ``plugstack.builders.InplaceKVBuilder``).
+
+    ``forward(input_ids, position_ids, cache_position, *buffers) -> (logits,)``, each buffer
+    ``[batch, kv_heads, capacity, head_dim]``: no cache is concatenated or copied per step.
+    """
+
+    def __init__(self, llama: Llama) -> None:
+        super().__init__()
+        self.llama = llama
+
+    def forward(self, input_ids, position_ids, cache_position, *buffers):
+        m = self.llama
+        b = input_ids.shape[0]
+        x = m.embed_tokens(input_ids)
+        cos, sin = m.rotary(position_ids, x.dtype)
+        # Query i of row b sees the buffer positions up to its own: [B, 1, T, capacity].
+        slots = torch.arange(buffers[0].shape[2], device=input_ids.device)
+        mask = (slots[None, None, :] <= cache_position[:, :, None])[:, None]
+        rows = torch.arange(b, device=input_ids.device)[:, None]
+        for i, layer in enumerate(m.layers):
+            x = layer.forward_inplace(x, cos, sin, mask, buffers[2 * i], buffers[2 * i + 1], rows, cache_position)
+        if not m.all_logits:
+            x = x[:, -1, :]
+        return (m.lm_head(m.norm(x)).float(),)
+
+
+def as_model(module: Llama, *, name: str, **fields) -> Model:
+    """``module`` as a :class:`plugstack.Model`, with the Llama plugin's builders (its fused
+    ONNX graph and its in-place KV step). ``fields``: the other ``Model`` fields."""
+    from .onnx_graph import LlamaOnnxBuilder
+
+    return Model(name=name, kind="decoder", module=module, signature=module.signature(),
+                 example_inputs=module.example_inputs, context_length=module.cfg.context_length,
+                 builders={"onnx": LlamaOnnxBuilder(), "torch.inplace_kv": inplace_kv_step}, **fields)
+
+
+def inplace_kv_step(model) -> InplaceKVStep:
+    """``Model.builders["torch.inplace_kv"]``: the in-place step over the model's own module."""
+    return InplaceKVStep(model.module)
 
 
 def causal_mask(attention_mask: torch.Tensor, new_tokens: int) -> torch.Tensor:

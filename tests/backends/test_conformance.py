@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 
 import pytest
 
@@ -76,33 +76,50 @@ class TestCpuInt8(BackendConformance):
 
 
 class StaticCacheCpuBackend(Backend):
-    """The cuda backend's StaticCacheRunner on the CPU, so its cache logic runs in CI."""
+    """The cuda backend's runner choice on the CPU (``build_runner`` is device-agnostic), so
+    its static-cache logic runs in CI: the model's in-place step where it offers one, the
+    generic copy-in path where ``generic`` hides it, the eager runner for other state."""
 
     capabilities = frozenset({"inference", "batch"})
 
-    def __init__(self, graphs: bool = False) -> None:
+    def __init__(self, graphs: bool = False, generic: bool = False) -> None:
         super().__init__(None)
-        self.graphs = graphs
+        self.graphs, self.generic = graphs, generic
 
     def probe(self) -> Availability:
         return Availability(True, device=DeviceInfo(name="cpu (static cache)"))
 
     def prepare(self, model):
-        from plugstack.backends.cuda.static_cache import StaticCacheRunner
+        from plugstack.backends.cuda.backend import build_runner
+        from plugstack.backends.cuda.config import CudaBackendConfig
 
-        return StaticCacheRunner(
-            copy.deepcopy(model.module), model.signature, max_len=model.context_length, graphs=self.graphs
-        )
+        if self.generic:
+            model = dataclasses.replace(model, builders={})
+        cfg = CudaBackendConfig(dtype="fp32", cuda_graphs=self.graphs, max_cache_len=0)
+        return build_runner(model, cfg, "cpu")
 
 
-class TestStaticCacheOnCpu(BackendConformance):
+class TestStaticCacheInPlaceOnCpu(BackendConformance):
     @pytest.fixture
     def backend(self):
         return StaticCacheCpuBackend()
 
 
+class TestStaticCacheGenericOnCpu(BackendConformance):
+    """A model that offers no in-place step: the whole buffer in, the new positions copied back."""
+
+    @pytest.fixture
+    def backend(self):
+        return StaticCacheCpuBackend(generic=True)
+
+
 class TestStaticCacheGraphStandInOnCpu(BackendConformance):
-    """cuda_graphs=true path: static input tensors and one live state per batch size."""
+    """cuda_graphs=true path: static input tensors and one live state per number of slots.
+    (Graphs replay the static KV cache: a model with fixed-size state is refused, see test_cuda.py.)"""
+
+    @pytest.fixture(params=["tiny-llama"])
+    def kit_model(self, request):
+        return request.param
 
     @pytest.fixture
     def backend(self):

@@ -10,7 +10,7 @@ from plugstack import UnsupportedOptionError
 from plugstack.backends.cpu.backend import CpuBackend
 from plugstack.backends.cpu.config import CpuBackendConfig
 from plugstack.backends.cpu.device import _cpuinfo
-from plugstack.testing import DecoderDriver, tiny_decoder_model
+from plugstack.testing import SlotDriver, tiny_decoder_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -22,7 +22,7 @@ def cpu(**overrides) -> CpuBackend:
 
 
 def prefill(runner):
-    return DecoderDriver(runner, 1).feed(PROMPT)
+    return SlotDriver(runner, 1).feed(PROMPT)
 
 
 def reference_logits():

@@ -6,6 +6,7 @@ import os
 import stat
 
 import pytest
+from structlog.testing import capture_logs
 
 from plugstack import BackendUnavailableError, UnsupportedOptionError
 from plugstack.backends.cuda import probe as probe_mod
@@ -111,14 +112,35 @@ def test_unsupported_options_say_what_is_valid(overrides, expected):
 # -- the runner cuda would build, built on the CPU -----------------------------------
 
 
-def test_decoder_gets_a_static_cache_of_the_context_length():
+def test_growing_state_gets_a_static_cache_of_the_context_length_written_in_place():
+    import dataclasses
+
     from plugstack.backends.cuda.static_cache import StaticCacheRunner
 
     model = tiny_decoder_model(context_length=48)
-    runner = build_runner(model, CudaBackendConfig(dtype="fp32"), "cpu")
-    assert isinstance(runner, StaticCacheRunner) and runner.max_len == 48
-    assert runner.module is not model.module  # a copy moves to the device, not the caller's
-    assert build_runner(model, CudaBackendConfig(dtype="fp32", max_cache_len=16), "cpu").max_len == 16
+    with capture_logs() as logs:
+        runner = build_runner(model, CudaBackendConfig(dtype="fp32"), "cpu")
+    assert isinstance(runner, StaticCacheRunner) and runner.slot_capacity == 48
+    assert runner.inplace  # the Llama plugin offers its in-place step (Model.builders)
+    assert [e["path"] for e in logs if e["event"] == "backend.cuda.static_cache"] == ["in place"]
+    assert runner.module.llama is not model.module  # a copy moves to the device, not the caller's
+    assert build_runner(model, CudaBackendConfig(dtype="fp32", max_cache_len=16), "cpu").slot_capacity == 16
+    # A model that offers no in-place step gets the generic path, and the log says why.
+    with capture_logs() as logs:
+        generic = build_runner(dataclasses.replace(model, builders={}), CudaBackendConfig(dtype="fp32"), "cpu")
+    assert not generic.inplace
+    assert "offers no Model.builders['torch.inplace_kv']" in next(
+        e["reason"] for e in logs if e["event"] == "backend.cuda.static_cache")
+
+
+def test_fixed_size_state_runs_eagerly_and_cuda_graphs_are_refused_by_name():
+    from plugstack.backends.eager import EagerRunner
+    from plugstack.testing import tiny_recurrent_model
+
+    runner = build_runner(tiny_recurrent_model(), CudaBackendConfig(dtype="fp32"), "cpu")
+    assert isinstance(runner, EagerRunner)
+    with pytest.raises(UnsupportedOptionError, match=r"cuda_graphs=true needs the static KV cache.*fixed state"):
+        build_runner(tiny_recurrent_model(), CudaBackendConfig(dtype="fp32", cuda_graphs=True), "cpu")
 
 
 def test_static_cache_longer_than_the_context_is_refused():

@@ -31,7 +31,7 @@ from plugstack.backends.onnx.config import OnnxBackendConfig
 from plugstack.errors import BackendUnavailableError, ConfigError, GenerationError, UnsupportedOptionError
 from plugstack.generation import generate_ids
 from plugstack.sampling import SamplingParams
-from plugstack.testing import tiny_decoder_model
+from plugstack.testing import SlotDriver, tiny_decoder_model
 
 # -- helpers ------------------------------------------------------------------------------
 
@@ -65,31 +65,26 @@ def onnx_cfg(cache_dir: Path, **kw) -> OnnxBackendConfig:
     return OnnxBackendConfig(**{"cache_dir": str(cache_dir), "threads": 1, "graph": "export", **kw})
 
 
-def step_inputs(prompts: list[list[int]], pad: int = 0) -> dict[str, torch.Tensor]:
-    """Left-padded prefill inputs: ids, per-row positions, and a mask that hides the padding."""
-    width = max(map(len, prompts))
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    return {"input_ids": ids, "position_ids": pos, "attention_mask": mask}
+def step_inputs(prompts: list[list[int]], start: int = 0) -> dict[str, torch.Tensor]:
+    """Inputs of equal-length prompts appended after ``start`` positions: ids and positions."""
+    ids = torch.tensor(prompts)
+    return {"input_ids": ids, "position_ids": start + torch.arange(ids.shape[1]).expand_as(ids)}
 
 
 def greedy(runner, prompts: list[list[int]], steps: int) -> tuple[list[list[int]], list[torch.Tensor]]:
-    """Greedy decode through the Runner API; returns new tokens per row and logits per step."""
-    feed = step_inputs(prompts)
-    state = runner.new_state(len(prompts))
+    """Greedy decode through the slot API (each prompt admitted into its own slot, then
+    every slot stepped together); returns new tokens per row and logits per step."""
+    driver = SlotDriver(runner, len(prompts))
+    logits = torch.cat([driver.feed([p], [row]) for row, p in enumerate(prompts)])
     tokens: list[list[int]] = [[] for _ in prompts]
     all_logits = []
-    for _ in range(steps):
-        out = runner.run(feed, state)
-        state = out.state
-        logits = out.outputs["logits"]
+    for step in range(steps):
         all_logits.append(logits)
         nxt = logits.argmax(-1)
         for row, t in enumerate(nxt.tolist()):
             tokens[row].append(t)
-        mask = torch.cat([feed["attention_mask"], torch.ones(len(prompts), 1, dtype=torch.int64)], dim=1)
-        feed = {"input_ids": nxt[:, None], "position_ids": feed["position_ids"][:, -1:] + 1, "attention_mask": mask}
+        if step + 1 < steps:
+            logits = driver.feed(nxt[:, None])
     return tokens, all_logits
 
 
@@ -152,14 +147,14 @@ def test_fp32_logits_match_eager_on_prefill_and_8_decode_steps(any_runner, eager
     assert any_runner.state_length(any_runner.new_state(1)) == 0
 
 
-def test_batch_of_two_with_left_padding_matches_eager_and_single_rows(any_runner, eager_runner):
+def test_two_slots_of_different_lengths_match_eager_and_single_rows(any_runner, eager_runner):
     prompts = [[5, 17, 99, 3, 42, 7, 11], [64, 2, 90]]
     onnx_tokens, onnx_logits = greedy(any_runner, prompts, steps=8)
     eager_tokens, eager_logits = greedy(eager_runner, prompts, steps=8)
     for a, b in zip(onnx_logits, eager_logits, strict=True):
         assert (a - b).abs().max().item() <= 1e-4
     assert onnx_tokens == eager_tokens
-    # Padding must not change a row's result: the short prompt alone gives the same logits.
+    # Company must not change a row's result: the short prompt alone gives the same logits.
     alone_tokens, alone_logits = greedy(any_runner, prompts[1:], steps=8)
     assert alone_tokens[0] == onnx_tokens[1]
     for a, b in zip(alone_logits, onnx_logits, strict=True):
@@ -167,42 +162,54 @@ def test_batch_of_two_with_left_padding_matches_eager_and_single_rows(any_runner
 
 
 def test_state_length_grows_with_each_step(any_runner):
-    out = any_runner.run(step_inputs([[1, 2, 3, 4]]), any_runner.new_state(1))
-    assert any_runner.state_length(out.state) == 4
-    nxt = {"input_ids": torch.tensor([[9]]), "position_ids": torch.tensor([[4]]),
-           "attention_mask": torch.ones(1, 5, dtype=torch.int64)}
-    assert any_runner.state_length(any_runner.run(nxt, out.state).state) == 5
+    state = any_runner.new_state(1)
+    any_runner.run(step_inputs([[1, 2, 3, 4]]), state)
+    assert any_runner.state_length(state) == 4
+    any_runner.run(step_inputs([[9]], start=4), state)
+    assert any_runner.state_length(state) == 5
 
 
 def test_shared_kv_buffer_is_appended_in_place_and_sized_by_max_cache_len(tiny, cache_dir, fused_runner,
                                                                           eager_runner):
     runner = OnnxBackend(onnx_cfg(cache_dir, graph="fused", max_cache_len=8)).prepare(tiny)
-    assert runner.kv_cache == "shared" and runner.capacity == 8 and not runner.cache_entry.built
-    # The buffer is the runner's context window: generation checks it before it starts.
-    assert runner.signature.meta["context_length"] == 8 and tiny.signature.meta["context_length"] == 64
+    assert runner.kv_cache == "shared" and runner.slot_capacity == 8 and not runner.cache_entry.built
+    # A slot's buffer is the runner's context window: generation checks it before it starts.
     with pytest.raises(GenerationError, match="context window is 8"):
         generate_ids(runner, [[5, 17, 99, 3, 42, 7]], SamplingParams(max_new_tokens=5))
     assert len(generate_ids(runner, [[5, 17, 99, 3, 42, 7]], SamplingParams(max_new_tokens=2))[0].token_ids) == 2
     prompt = [[5, 17, 99, 3, 42, 7]]
     state = runner.new_state(1)
-    buffers = [id(a) for a in state.arrays]
+    buffers = [a.ctypes.data for a in state.arrays]
     tokens, logits = greedy(runner, prompt, steps=3)  # 6 + 2 positions: exactly full
     assert tokens == greedy(eager_runner, prompt, steps=3)[0]
     out = runner.run(step_inputs(prompt), state)
-    assert [id(a) for a in out.state.arrays] == buffers  # the same memory, no copy per step
     assert torch.equal(out.outputs["logits"], logits[0])
     for pos in (6, 7):
-        step = {"input_ids": torch.tensor([[1]]), "position_ids": torch.tensor([[pos]]),
-                "attention_mask": torch.ones(1, pos + 1, dtype=torch.int64)}
-        out = runner.run(step, out.state)
-    assert runner.state_length(out.state) == 8
-    step = {"input_ids": torch.tensor([[1]]), "position_ids": torch.tensor([[8]]),
-            "attention_mask": torch.ones(1, 9, dtype=torch.int64)}
-    with pytest.raises(GenerationError, match=r"needs 9 KV-cache positions.*holds 8.*backend.max_cache_len"):
-        runner.run(step, out.state)
-    # 0 means the model's context length; larger values are capped at it; the export concatenates.
+        runner.run(step_inputs([[1]], start=pos), state)
+    assert [a.ctypes.data for a in state.arrays] == buffers  # the same memory, no copy per step
+    assert runner.state_length(state) == 8
+    with pytest.raises(GenerationError, match=r"slot 0 holds 8 positions; 1 more exceed its capacity of 8"):
+        runner.run(step_inputs([[1]], start=8), state)
+    # 0 means the model's context length; larger values are capped at it.
     assert OnnxBackend(onnx_cfg(cache_dir, max_cache_len=0)).cache_capacity(tiny) == 64
     assert OnnxBackend(onnx_cfg(cache_dir, max_cache_len=10_000)).cache_capacity(tiny) == 64
+
+
+def test_admitting_a_slot_writes_only_that_slots_rows_of_the_buffers(shared_runner, eager_runner):
+    state = shared_runner.new_state(3)
+    shared_runner.admit(state, 1, step_inputs([[5, 17, 99]]))
+    before = [a.copy() for a in state.arrays]
+    shared_runner.admit(state, 2, step_inputs([[8, 9, 10, 11]]))
+    for old, new in zip(before, state.arrays, strict=True):
+        assert (old[:2] == new[:2]).all()  # slots 0 and 1 untouched
+        assert (new[2, :, :4] != 0).any()  # slot 2 written at its own positions
+    # A step of slots 1 and 2 parks a token in the free slot 0, at its first position only.
+    out = shared_runner.run(step_inputs([[1], [2]]), state, [1, 2])
+    assert out.outputs["logits"].shape == (2, VOCAB)
+    assert [shared_runner.state_length(state, s) for s in range(3)] == [0, 4, 5]
+    assert not state.arrays[0][0, :, 1:].any()
+    want = greedy(eager_runner, [[8, 9, 10, 11, 2]], steps=1)[1][0]
+    assert (out.outputs["logits"][1:] - want).abs().max().item() <= 1e-4
 
 
 def test_shared_kv_buffers_are_reused_once_no_state_holds_them(shared_runner, eager_runner):
@@ -213,20 +220,20 @@ def test_shared_kv_buffers_are_reused_once_no_state_holds_them(shared_runner, ea
     assert [id(a) for a in second.arrays] != held
     out = shared_runner.run(step_inputs([[5, 17, 99, 3, 42, 7]]), first)
     kept_logits = out.outputs["logits"]
-    del first, out  # the last state over those buffers: they go back to the runner
+    del first, out  # the last reference to that state: its buffers go back to the runner
     again = shared_runner.new_state(1)
     assert [id(a) for a in again.arrays] == held and shared_runner.state_length(again) == 0
     # Stale positions in a reused buffer are never read: a shorter prompt gives eager's numbers.
     got = shared_runner.run(step_inputs([[8, 9, 10]]), again).outputs["logits"]
-    want = eager_runner.run(step_inputs([[8, 9, 10]]), eager_runner.new_state(1)).outputs["logits"]
+    want = eager_runner.run(step_inputs([[8, 9, 10]])).outputs["logits"]
     assert (got - want).abs().max().item() <= 1e-4
     # Logits handed out earlier are the caller's: later steps do not write into them.
     assert not torch.equal(kept_logits, got)
-    assert (kept_logits - eager_runner.run(step_inputs([[5, 17, 99, 3, 42, 7]]), eager_runner.new_state(1))
-            .outputs["logits"]).abs().max().item() <= 1e-4
-    # Another batch size never takes them.
+    assert (kept_logits - eager_runner.run(step_inputs([[5, 17, 99, 3, 42, 7]])).outputs["logits"]
+            ).abs().max().item() <= 1e-4
+    # A state of another size never takes them.
     del again
-    assert shared_runner.new_state(2).batch == 2
+    assert shared_runner.new_state(2).size == 2
 
 
 def test_concurrent_generations_on_one_runner_get_their_own_buffers(shared_runner):
@@ -254,9 +261,21 @@ def test_spin_between_runs_sets_whether_onnx_runtime_stops_spinning(spin, stop):
     assert options.get_session_config_entry("session.force_spinning_stop") == stop
 
 
-def test_exported_graph_keeps_concatenating_whatever_kv_cache_says(fp32_runner):
-    assert OnnxBackendConfig().kv_cache == "shared" and fp32_runner.kv_cache == "concat"
-    assert isinstance(fp32_runner.new_state(1), list)
+def test_kv_cache_auto_shares_where_the_graph_appends_in_place(fp32_runner, shared_runner):
+    from plugstack.state import TensorSlots
+
+    assert OnnxBackendConfig().kv_cache == "auto"
+    assert fp32_runner.kv_cache == "concat" and isinstance(fp32_runner.new_state(1), TensorSlots)
+    assert shared_runner.kv_cache == "shared"
+
+
+def test_kv_cache_shared_where_it_cannot_apply_is_refused_by_name(tiny, cache_dir):
+    from plugstack.testing import tiny_recurrent_model
+
+    with pytest.raises(UnsupportedOptionError, match="kv_cache=shared cannot apply: its graph concatenates"):
+        OnnxBackend(onnx_cfg(cache_dir, kv_cache="shared")).prepare(tiny)  # graph=export
+    with pytest.raises(UnsupportedOptionError, match="has no KV cache \\(its state is fixed\\)"):
+        OnnxBackend(onnx_cfg(cache_dir, kv_cache="shared", graph="auto")).prepare(tiny_recurrent_model())
 
 
 def test_prepare_leaves_the_users_model_untouched(tiny, cache_dir, fp32_runner, monkeypatch):
@@ -269,11 +288,10 @@ def test_prepare_leaves_the_users_model_untouched(tiny, cache_dir, fp32_runner, 
 
 def test_bad_step_input_is_a_generation_error_not_a_stack_trace(any_runner):
     bad = step_inputs([[1, 2, 3]])
-    bad["input_ids"] = bad["input_ids"][0]  # a 1-D row where [batch, seq] is expected
-    with pytest.raises(GenerationError, match="input_ids"):
-        any_runner.run(bad, any_runner.new_state(1))
-    with pytest.raises(KeyError, match="position_ids"):
-        any_runner.run({"input_ids": bad["input_ids"], "attention_mask": bad["attention_mask"]})
+    with pytest.raises(GenerationError, match="ONNX Runtime rejected the step inputs"):
+        any_runner.run({**bad, "input_ids": torch.zeros(1, 3, 2)}, any_runner.new_state(1))  # 3-D token ids
+    with pytest.raises(GenerationError, match=r"missing step input.*position_ids"):
+        any_runner.run({"input_ids": torch.tensor([[1, 2, 3]])})
 
 
 # -- cache ----------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 import torch
 
-from plugstack.backend import Runner, StepOutput
+from plugstack.backend import Runner
 from plugstack.signature import StepSignature, TensorSpec
+from plugstack.state import SlotState
 
 EOS = "<|im_end|>"
 CORPUS = [
@@ -88,8 +89,17 @@ def runner(tokenizer):
     return tiny_llama(tokenizer.vocab_size)
 
 
+class ScriptState(SlotState):
+    """Slots plus how many tokens each has been given since its admission."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.steps = [0] * size
+
+
 class ScriptedRunner(Runner):
-    """Emits ``script[k]`` (for every row) at step k, whatever the inputs; records inputs.
+    """Emits ``script[k]`` for a slot at its k-th step, whatever the inputs; records every
+    call as ``(slots, inputs)``.
 
     Lets tests drive the loop through exact token sequences (multi-byte characters, stop
     strings across tokens, EOS) without depending on what a random model prefers.
@@ -98,27 +108,30 @@ class ScriptedRunner(Runner):
     def __init__(self, script: Sequence[int], vocab_size: int, context_length: int = 1024) -> None:
         self.script = list(script)
         self.vocab_size = vocab_size
-        self.calls: list[dict[str, torch.Tensor]] = []
+        self.calls: list[tuple[list[int], dict[str, torch.Tensor]]] = []
         self.signature = StepSignature(
             inputs=(
                 TensorSpec("input_ids", "int64", ("batch", "seq")),
                 TensorSpec("position_ids", "int64", ("batch", "seq")),
-                TensorSpec("attention_mask", "int64", ("batch", "total")),
             ),
             outputs=(TensorSpec("logits", "float32", ("batch", vocab_size)),),
-            meta={"kind": "decoder", "vocab_size": vocab_size, "context_length": context_length},
+            new_axis="seq",
+            positions="position_ids",
+            meta={"vocab_size": vocab_size, "context_length": context_length},
         )
 
-    def new_state(self, batch_size: int) -> int:
-        return 0
+    def new_state(self, slots: int) -> ScriptState:
+        return ScriptState(slots)
 
-    def run(self, inputs: Mapping[str, torch.Tensor], state: Any = None) -> StepOutput:
-        self.calls.append({k: v.clone() for k, v in inputs.items()})
-        batch = inputs["input_ids"].shape[0]
-        logits = torch.zeros(batch, self.vocab_size)
-        step = state or 0
-        logits[:, self.script[min(step, len(self.script) - 1)]] = 10.0
-        return StepOutput({"logits": logits}, step + 1)
+    def step(self, inputs: Mapping[str, Any], state: ScriptState, rows: list[int], new: int) -> dict[str, Any]:
+        self.calls.append((list(rows), {k: torch.as_tensor(v).clone() for k, v in inputs.items()}))
+        logits = torch.zeros(len(rows), self.vocab_size)
+        for i, slot in enumerate(rows):
+            if not state.live[slot]:
+                state.steps[slot] = 0  # admitted: the script starts again for this slot
+            logits[i, self.script[min(state.steps[slot], len(self.script) - 1)]] = 10.0
+            state.steps[slot] += 1
+        return {"logits": logits}
 
 
 @pytest.fixture

@@ -13,25 +13,15 @@ PROMPTS = ["The sea is", "What is the capital of France? Paris", "Hello"]
 
 
 def argmax_loop(runner, prompt: list[int], n: int) -> list[int]:
-    """Greedy decoding written out by hand over the runner contract."""
-    ids = torch.tensor([prompt])
-    out = runner.run(
-        {"input_ids": ids, "position_ids": torch.arange(len(prompt))[None], "attention_mask": torch.ones_like(ids)},
-        runner.new_state(1),
-    )
+    """Greedy decoding written out by hand over the runner's slot API."""
+    state = runner.new_state(1)
+    out = runner.admit(state, 0, {"input_ids": torch.tensor([prompt]), "position_ids": torch.arange(len(prompt))[None]})
     tokens = []
     for step in range(n):
         tok = int(out.outputs["logits"][0].argmax())
         tokens.append(tok)
         pos = len(prompt) + step
-        out = runner.run(
-            {
-                "input_ids": torch.tensor([[tok]]),
-                "position_ids": torch.tensor([[pos]]),
-                "attention_mask": torch.ones(1, pos + 1, dtype=torch.int64),
-            },
-            out.state,
-        )
+        out = runner.run({"input_ids": torch.tensor([[tok]]), "position_ids": torch.tensor([[pos]])}, state)
     return tokens
 
 
@@ -79,7 +69,7 @@ def test_repetition_penalty_changes_the_greedy_path(runner, tokenizer):
 def test_batched_greedy_equals_each_prompt_alone(runner, tokenizer):
     prompts = [tokenizer.encode(p) for p in PROMPTS]
     assert len({len(p) for p in prompts}) == len(prompts)  # really needs padding
-    batched = generate_ids(runner, prompts, greedy(20), pad_id=tokenizer.pad_token_id)
+    batched = generate_ids(runner, prompts, greedy(20))
     for prompt, result in zip(prompts, batched, strict=True):
         alone = generate_ids(runner, [prompt], greedy(20))[0]
         assert result.token_ids == alone.token_ids
@@ -101,19 +91,18 @@ def test_batched_rows_finish_independently(tokenizer, scripted_ids):
     assert [r.token_ids for r in results] == [[10, 11], [10]]
 
 
-def test_left_padding_masks_and_positions(scripted_ids):
-    """What the runner receives: left padding, mask over padding, positions of real tokens."""
+def test_each_prompt_gets_its_own_slot_and_finished_rows_are_not_stepped(scripted_ids, tokenizer):
+    """What the runner receives: each prompt admitted alone into its slot, then one token
+    per live slot at its own position; a row that has ended is released, not stepped."""
+    eos = tokenizer.eos_token_ids[0]
     runner = scripted_ids([10, 11, 12])
-    generate_ids(runner, [[1, 2, 3], [4]], SamplingParams(max_new_tokens=3), pad_id=0)
-    prefill, step1, step2 = runner.calls
-    assert prefill["input_ids"].tolist() == [[1, 2, 3], [0, 0, 4]]
-    assert prefill["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
-    assert prefill["position_ids"][1, -1].item() == 0
-    assert prefill["position_ids"][0].tolist() == [0, 1, 2]
-    assert step1["input_ids"].tolist() == [[10], [10]]
-    assert step1["position_ids"].tolist() == [[3], [1]]
-    assert step2["position_ids"].tolist() == [[4], [2]]
-    assert step2["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]]
+    generate_ids(runner, [[1, 2, 3], [4]], SamplingParams(max_new_tokens=3), eos_ids=[eos],
+                 on_token=lambda row, tok: row == 1 and tok == 11)
+    (s0, a0), (s1, a1), (s2, step1), (s3, step2) = runner.calls
+    assert (s0, a0["input_ids"].tolist(), a0["position_ids"].tolist()) == ([0], [[1, 2, 3]], [[0, 1, 2]])
+    assert (s1, a1["input_ids"].tolist(), a1["position_ids"].tolist()) == ([1], [[4]], [[0]])
+    assert (s2, step1["input_ids"].tolist(), step1["position_ids"].tolist()) == ([0, 1], [[10], [10]], [[3], [1]])
+    assert (s3, step2["input_ids"].tolist(), step2["position_ids"].tolist()) == ([0], [[11]], [[4]])
 
 
 def test_eos_ends_generation_and_is_not_returned(tokenizer, scripted):
@@ -224,9 +213,9 @@ def test_nan_logits_are_a_clear_error(scripted_ids, params, where):
     runner = scripted_ids([5, 6, 7])
     real_run = runner.run
 
-    def broken(inputs, state=None):
-        out = real_run(inputs, state)
-        if state:  # the first decode step goes wrong
+    def broken(inputs, state=None, slots=None):
+        out = real_run(inputs, state, slots)
+        if slots is None or len(slots) > 1:  # the first decode step (both rows) goes wrong
             if where == "every logit":
                 out.outputs["logits"][:] = float("nan")
             else:  # far from the row's maximum: greedy's check must still see it
@@ -247,9 +236,9 @@ def test_torch_threads_follow_where_the_runner_computes(uses_torch_threads, scri
     inner_run = runner.run
     seen: list[int] = []
 
-    def recording_run(inputs, state=None):
+    def recording_run(inputs, state=None, slots=None):
         seen.append(torch.get_num_threads())
-        return inner_run(inputs, state)
+        return inner_run(inputs, state, slots)
 
     runner.run = recording_run
     runner.uses_torch_threads = uses_torch_threads

@@ -15,32 +15,26 @@ from plugstack import Availability, DeviceInfo, Runner, StepOutput, UnsupportedO
 log = structlog.get_logger("plugstack_example.backend")
 
 
-class TimedRunner(Runner):
-    """Wraps any runner; counts steps and the time spent in them."""
+class TimedRunner(plugstack.RunnerWrapper):
+    """Wraps any runner (forwarding its capability flags); counts steps and their time."""
 
     def __init__(self, inner: Runner) -> None:
-        self.inner, self.signature, self.dtype = inner, inner.signature, inner.dtype
+        super().__init__(inner)
         self.steps, self.seconds = 0, 0.0
 
-    def new_state(self, batch_size: int) -> Any:
-        return self.inner.new_state(batch_size)
-
-    def state_length(self, state: Any) -> int:
-        return self.inner.state_length(state)
-
-    def run(self, inputs: Mapping[str, Any], state: Any = None) -> StepOutput:
+    def run(self, inputs: Mapping[str, Any], state: Any = None, slots: Any = None) -> StepOutput:
         start = time.perf_counter()
         try:
-            return self.inner.run(inputs, state)
+            return super().run(inputs, state, slots)
         finally:
             self.steps += 1
             self.seconds += time.perf_counter() - start
 
     def close(self) -> None:
-        if self.inner is not None:
+        if self.steps >= 0:
             log.info("pinned_cpu.stats", steps=self.steps, seconds=round(self.seconds, 4))
-            self.inner.close()
-            self.inner = None  # type: ignore[assignment]
+            self.steps = -1  # closed: log once
+            super().close()
 
 
 class PinnedCpuBackend(plugstack.Backend):
@@ -71,8 +65,6 @@ class PinnedCpuBackend(plugstack.Backend):
 
         import torch
 
-        from plugstack.backends.eager import EagerRunner
-
         dtype = self.cfg.dtype if self.cfg is not None else "fp32"
         if dtype not in ("fp32", "bf16"):
             raise UnsupportedOptionError(f"backend.dtype={dtype!r} is not supported by pinned-cpu; use fp32 or bf16")
@@ -81,4 +73,4 @@ class PinnedCpuBackend(plugstack.Backend):
         torch.set_num_threads(len(cores))
         log.info("pinned_cpu.pinned", cores=cores, threads=len(cores))
         module = model.module if dtype == "fp32" else copy.deepcopy(model.module)
-        return TimedRunner(EagerRunner(module, model.signature, dtype=dtype))
+        return TimedRunner(plugstack.EagerRunner(module, model.signature, dtype=dtype))

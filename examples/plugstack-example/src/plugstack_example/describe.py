@@ -21,16 +21,18 @@ class DescribeApp(plugstack.App):
             "runner": type(runner).__name__,
             "dtype": runner.dtype,
             "inputs": model.signature.feed_inputs,
+            "state": model.signature.state_kind,
             "state_tensors": len(model.signature.state),
         }
-        if self.cfg.run_step and model.kind == "decoder":
+        if self.cfg.run_step and "input_ids" in model.signature.feed_inputs:
             import torch
 
-            state = runner.new_state(1)
             ids = torch.tensor([[1]])
+            inputs = {"input_ids": ids}
+            if model.signature.positions:  # each new token's position: 0 for the first
+                inputs[model.signature.positions] = torch.zeros_like(ids)
             start = time.perf_counter()
-            out = runner.run({"input_ids": ids, "position_ids": torch.zeros_like(ids),
-                              "attention_mask": torch.ones_like(ids)}, state)
+            out = runner.admit(runner.new_state(1), 0, inputs)
             report["step_ms"] = round((time.perf_counter() - start) * 1000, 3)
             report["logits_shape"] = list(out.outputs["logits"].shape)
             report["logits_finite"] = bool(torch.isfinite(out.outputs["logits"]).all())

@@ -1,35 +1,23 @@
-"""Build a Llama decoder's step graph directly from its weights, with ONNX Runtime's fused ops.
+"""The Llama plugin's ONNX graph builder: its step written with ONNX Runtime's fused operators.
 
-The exported graph (``export.py``) is generic but spells attention out op by op. For
-plugstack's own Llama module this builder writes the same step with ONNX Runtime's
-contrib operators instead: ``GroupQueryAttention`` (GQA without repeating K/V, fed the
-packed QKV projection and applying the rotary embedding itself),
-``SkipSimplifiedLayerNormalization`` (residual add + RMSNorm), and packed QKV and
-gate/up projections (one MatMul each, so MatMulNBits quantises bigger matrices). It
-takes seconds instead of the exporter's minutes, and decodes faster.
+Offered to the ``onnx`` backend as ``Model.builders["onnx"]`` (see ``plugstack.builders``).
+The backend's generic path exports the eager module with ``torch.onnx``, which spells
+attention out op by op and takes minutes; this builder writes the same step straight from
+the weights with ONNX Runtime's contrib operators: ``GroupQueryAttention`` (GQA without
+repeating K/V, fed the packed QKV projection and applying the rotary embedding itself),
+``SkipSimplifiedLayerNormalization`` (residual add + RMSNorm), and packed QKV and gate/up
+projections (one MatMul each, so MatMulNBits quantises bigger matrices). It takes seconds,
+and decodes faster.
 
-The step keeps the signature's outputs and its ``attention_mask``: padded positions are
-excluded through an additive ``attention_bias`` and GroupQueryAttention masks causally
-itself. Padding therefore stays inside the KV cache as it does with the eager module.
-(The eager ``causal_mask`` also lets a padded query see itself; a padded position's own
-output is never read, so only real positions are compared, and they agree.)
-
-Rotary positions: GroupQueryAttention rotates each new token by its *cache slot*
-(``T - S + s``), not by ``position_ids``. For a left-padded row the two differ by the
-row's padding, the same for every token of the row, and attention only sees position
-differences (RoPE rotates q and k alike, ``<R(a)q, R(b)k> = <q, R(b-a)k>``), so the
-result is the same up to float rounding; padded positions are masked either way. Hence
-the graph does not even take ``position_ids`` (the runner feeds only the graph's inputs,
-one fewer per step): this holds for any caller whose positions advance with the
-cache, as the generation loop's do (``cumsum(mask) - 1``). Doing the rotary inside GQA
-instead of a Split and two RotaryEmbedding nodes per layer takes 90 nodes off SmolLM2's
-step. Verification against the eager module (with the real ``position_ids``) still runs
-on the first build, and the conformance kit compares left-padded batches row by row.
-
-The same graph serves both ``backend.kv_cache`` schemes: GroupQueryAttention appends in
-place when the runner binds ``past.i.*`` and ``present.i.*`` to one preallocated buffer
-(``runner.py``), and concatenates otherwise; the valid length always comes from the
-attention mask's width (``seqlens_k``, ``total_sequence_length``), never from the buffer.
+State layout ``"ragged"``: every row's cache holds its own positions from 0, and
+GroupQueryAttention writes a step's new positions right after the row's prefix, whose
+length it reads from the attention mask (``seqlens_k = sum(mask) - 1``; the runner fills
+the mask with ones then zeros). So the cache of a row never holds padding, and past and
+present may share one preallocated buffer that the operator appends to in place (the
+runner binds both to it: ``inplace_state``). The rotary embedding is applied at each new
+token's cache slot, which in this layout is its position in the sequence: the graph does
+not read ``position_ids``. ONNX Runtime's CPU kernel refuses several new tokens on several
+rows that already hold a cache (``multi_row_chunks=False``): the runner splits such steps.
 """
 
 from __future__ import annotations
@@ -41,23 +29,32 @@ from typing import Any
 import numpy as np
 import structlog
 
+from plugstack.builders import BuiltGraph, GraphRequest
 from plugstack.model import Model
 
 log = structlog.get_logger("plugstack.onnx")
 
-#: Bump when the graph this module writes changes: part of the cache key.
-FUSED_FORMAT_VERSION = 4
 
+class LlamaOnnxBuilder:
+    """``Model.builders["onnx"]`` of the Llama plugin (an ``OnnxGraphBuilder``)."""
 
-def supports(model: Model) -> bool:
-    """Is ``model`` plugstack's Llama decoder (last-position logits), which this builder knows?"""
-    m = model.module
-    needed = ("embed_tokens", "layers", "norm", "lm_head", "rotary", "cfg")
-    if model.kind != "decoder" or not all(hasattr(m, a) for a in needed):
-        return False
-    if getattr(m, "all_logits", False) or getattr(m.cfg, "qkv_bias", False):
-        return False
-    return model.signature.input_names[:3] == ["input_ids", "position_ids", "attention_mask"]
+    #: Bump when the graph this module writes changes: part of the backend's cache key.
+    version = 5
+
+    def declines(self, model: Model, request: GraphRequest) -> str:
+        from .model import Llama
+
+        if not isinstance(model.module, Llama):
+            return f"the module is a {type(model.module).__name__}, not the Llama plugin's Llama"
+        if model.module.all_logits:
+            return "the model returns logits for every position (all_logits); this graph returns the last"
+        if request.dtype != "fp32":
+            return f"it writes fp32 graphs, and dtype {request.dtype!r} was asked for"
+        return ""
+
+    def build(self, model: Model, path: Path, request: GraphRequest) -> BuiltGraph:
+        build_llama(model, path)
+        return BuiltGraph(state_layout="ragged", inplace_state=True, multi_row_chunks=False)
 
 
 def _np(t: Any) -> np.ndarray:
@@ -89,35 +86,25 @@ def build_llama(model: Model, path: Path) -> float:
         # torch Linear stores [out, in]; MatMul wants [in, out] (and MatMulNBits quantises it).
         return node("MatMul", [x, init(name, weight.T)], [name + ".out"])[0]
 
-    # -- shared: rotary tables, sequence lengths, attention bias --------------------------
+    # -- shared: rotary tables and sequence lengths ---------------------------------------
     inv_freq = _np(m.rotary.inv_freq)
-    positions = np.arange(cfg.context_length, dtype=np.float32)[:, None] * inv_freq[None, :]
+    # One position past the context: the runner parks tokens of rows a step skips there.
+    positions = np.arange(cfg.context_length + 1, dtype=np.float32)[:, None] * inv_freq[None, :]
     init("cos_cache", np.cos(positions).astype(np.float32))
     init("sin_cache", np.sin(positions).astype(np.float32))
-    init("one_i64", np.array([1], dtype=np.int64))
+    init("axis_1", np.array([1], dtype=np.int64))
     init("one_s_i64", np.array(1, dtype=np.int64))
     init("one_s_i32", np.array(1, dtype=np.int32))
-    init("ones_2", np.array([1, 1], dtype=np.int64))
-    init("axes_1_2", np.array([1, 2], dtype=np.int64))
-    init("bias_keep", np.array(0.0, dtype=np.float32))
-    init("bias_drop", np.array(np.finfo(np.float32).min, dtype=np.float32))
     init("last_index", np.array(-1, dtype=np.int64))
 
-    # Every row is "full length" T for GQA (seqlens_k = T - 1): the cache holds a row's
-    # padding where the eager module's does, and GQA masks causally within that layout.
+    # Each row's cache holds its own positions from 0 ("ragged"): GQA reads a row's length
+    # from the mask, which the runner fills with ones then zeros (seqlens_k = ones - 1).
+    node("ReduceSum", ["attention_mask", "axis_1"], ["mask_ones"], keepdims=0)  # [B]
+    node("Cast", ["mask_ones"], ["mask_ones_i32"], to=TensorProto.INT32)
+    node("Sub", ["mask_ones_i32", "one_s_i32"], ["seqlens_k"])
     node("Shape", ["attention_mask"], ["mask_shape"])
     node("Gather", ["mask_shape", "one_s_i64"], ["total_len"], axis=0)  # scalar T
     node("Cast", ["total_len"], ["total_len_i32"], to=TensorProto.INT32)
-    node("Sub", ["total_len_i32", "one_s_i32"], ["last_pos"])
-    node("Shape", ["attention_mask"], ["batch_1d"], end=1)  # [B]
-    node("Expand", ["last_pos", "batch_1d"], ["seqlens_k"])
-    # The bias only drops padded positions: bias[b, 0, s, t] = 0 if mask[b, t] else min.
-    node("Shape", ["input_ids"], ["seq_1d"], start=1)  # [S]
-    node("Concat", ["ones_2", "seq_1d", "one_i64"], ["bias_shape"], axis=0)  # [1, 1, S, 1]
-    node("Cast", ["attention_mask"], ["mask_bool"], to=TensorProto.BOOL)
-    node("Where", ["mask_bool", "bias_keep", "bias_drop"], ["bias_bt"])
-    node("Unsqueeze", ["bias_bt", "axes_1_2"], ["bias_b11t"])
-    node("Expand", ["bias_b11t", "bias_shape"], ["attention_bias"])  # [B, 1, S, T]
 
     # -- layers ----------------------------------------------------------------------------
     node("Gather", [init("embed_tokens.weight", _np(m.embed_tokens.weight)), "input_ids"], ["embeds"], axis=0)
@@ -139,13 +126,16 @@ def build_llama(model: Model, path: Path) -> float:
         a = layer.self_attn
         qkv_w = np.concatenate([_np(a.q_proj.weight), _np(a.k_proj.weight), _np(a.v_proj.weight)], axis=0)
         qkv = linear(h, qkv_w, f"{p}.self_attn.qkv_proj")
+        if a.q_proj.bias is not None:  # Qwen2: q/k/v biases, packed like the weights
+            bias = np.concatenate([_np(a.q_proj.bias), _np(a.k_proj.bias), _np(a.v_proj.bias)])
+            qkv = node("Add", [qkv, init(f"{p}.self_attn.qkv_bias", bias)], [f"{p}.qkv_biased"])[0]
         # Packed QKV straight into GroupQueryAttention, which applies the rotary itself at
-        # each new token's cache slot (see the module docstring for why that is exact).
+        # each new token's cache slot: its position in the ragged layout.
         k_out, v_out = f"present.{i}.key", f"present.{i}.value"
         attn = node(
             "GroupQueryAttention",
             [qkv, "", "", f"past.{i}.key", f"past.{i}.value", "seqlens_k", "total_len_i32",
-             "cos_cache", "sin_cache", "", "attention_bias"],
+             "cos_cache", "sin_cache"],
             [f"{p}.attn", k_out, v_out],
             domain="com.microsoft", num_heads=nq, kv_num_heads=nkv, scale=float(hd) ** -0.5,
             do_rotary=1, rotary_interleaved=0,
@@ -181,7 +171,7 @@ def build_llama(model: Model, path: Path) -> float:
 
     graph = helper.make_graph(
         nodes, f"{model.name}-fused-step",
-        [value_info(n) for n in sig.input_names if n != "position_ids"],  # not read: see the docstring
+        [value_info(n) for n in sig.input_names if n != sig.positions],  # not read: see the docstring
         [value_info(n) for n in sig.output_names],
         initializer=inits,
     )

@@ -1,0 +1,156 @@
+"""Making a model's step graph: which path (the model's own builder or the generic export),
+the cache entries (fp32, then quantised), and the first-build verification.
+
+The backend knows no model: it asks ``model.builders["onnx"]`` (``plugstack.builders``)
+and falls back to ``torch.onnx`` export when the model offers none or its builder declines,
+logging which path it took and why (``onnx.graph``).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from plugstack.builders import BuiltGraph, GraphRequest, OnnxGraphBuilder
+from plugstack.errors import UnsupportedOptionError
+from plugstack.model import Model
+
+from .cache import CacheEntry, cache_key, get_or_build
+from .config import OnnxBackendConfig
+
+log = structlog.get_logger("plugstack.onnx")
+
+#: ``Model.builders`` key this backend asks for.
+BUILDER_KEY = "onnx"
+
+
+def choose_builder(model: Model, options: OnnxBackendConfig) -> OnnxGraphBuilder | None:
+    """The model's graph builder under ``backend.graph``, or ``None`` for the generic export."""
+    request = GraphRequest(dtype=options.dtype, opset=options.opset)
+    builder = model.builders.get(BUILDER_KEY)
+    if options.graph == "export":
+        why = "backend.graph=export"
+    elif builder is None:
+        why = f"model {model.name!r} offers no ONNX graph builder (Model.builders[{BUILDER_KEY!r}])"
+    elif not isinstance(builder, OnnxGraphBuilder):
+        why = f"Model.builders[{BUILDER_KEY!r}] of {model.name!r} is not an OnnxGraphBuilder (needs version, "
+        why += "declines, build)"
+    else:
+        why = builder.declines(model, request)
+    if not why:
+        log.info("onnx.graph", path="builder", builder=_name(builder), model=model.name)
+        return builder
+    if options.graph == "fused":
+        raise UnsupportedOptionError(f"backend.graph=fused needs the model's own graph builder, but {why}. "
+                                     f"Use backend.graph=auto (or export) for the generic torch.onnx export.")
+    log.info("onnx.graph", path="export", reason=why, model=model.name)
+    return None
+
+
+def _name(builder: Any) -> str:
+    return f"{type(builder).__module__}.{type(builder).__qualname__}"
+
+
+def key_parts(model: Model, options: OnnxBackendConfig, builder: OnnxGraphBuilder | None,
+              quantize: str | None) -> dict[str, Any]:
+    """Everything a cached graph depends on (hashed into its cache key)."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    from plugstack.files import module_digest
+
+    from .export import EXPORT_FORMAT_VERSION
+
+    return {
+        "graph": _name(builder) if builder is not None else "export",
+        "format": builder.version if builder is not None else EXPORT_FORMAT_VERSION,
+        "model": model.name,
+        "weights": model.weights_digest or module_digest(model.module),
+        "signature": model.signature.describe(),
+        "dtype": options.dtype,
+        "quantize": quantize,
+        "opset": options.opset,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnxscript": _version("onnxscript"),
+    }
+
+
+def _version(dist: str) -> str:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "absent"
+
+
+#: ``make_runner(path, options, graph) -> runner`` as the backend configures them.
+MakeRunner = Callable[[Path, OnnxBackendConfig, BuiltGraph], Any]
+
+
+def graph_of(entry: CacheEntry) -> BuiltGraph:
+    """How to drive the graph of a cache entry (what its builder declared)."""
+    return BuiltGraph(**entry.manifest.get("graph_features", {}))
+
+
+def base_entry(model: Model, options: OnnxBackendConfig, builder: OnnxGraphBuilder | None, cache_dir: Path,
+               make_runner: MakeRunner, made: dict[str, Any]) -> CacheEntry:
+    """The fp32 (or fp16) graph's cache entry, built (and verified) on a miss. A runner made
+    while verifying is left in ``made["runner"]`` when no quantisation follows."""
+    from .export import export_step
+    from .verify import verify_against_eager
+
+    def build(tmp: Path) -> dict[str, Any]:
+        path = tmp / "model.onnx"
+        if builder is not None:
+            graph = builder.build(model, path, GraphRequest(dtype=options.dtype, opset=options.opset))
+        else:
+            export_step(model, path, opset=options.opset, dtype=options.dtype)
+            graph = BuiltGraph()
+        fields: dict[str, Any] = {"model_file": path.name, "graph_features": graph.as_dict()}
+        if options.verify:
+            runner = make_runner(path, _unquantised(options), graph)
+            fields["verify"] = verify_against_eager(runner, model, variant=options.dtype, tolerance=options.tolerance)
+            if options.quantize is None:
+                made["runner"] = runner
+        return fields
+
+    parts = key_parts(model, options, builder, None)
+    return get_or_build(cache_dir, cache_key(parts), build, describe=parts)
+
+
+def _unquantised(options: OnnxBackendConfig) -> OnnxBackendConfig:
+    import dataclasses
+
+    return dataclasses.replace(options, quantize=None)
+
+
+def quantized_entry(model: Model, options: OnnxBackendConfig, builder: OnnxGraphBuilder | None, base: CacheEntry,
+                    cache_dir: Path, make_runner: MakeRunner, made: dict[str, Any]) -> CacheEntry:
+    """The ``backend.quantize`` version of ``base``, built (and verified) on a miss."""
+    from .quantize import quantize_graph
+    from .verify import verify_against_eager
+
+    def build(tmp: Path) -> dict[str, Any]:
+        path = tmp / "model.onnx"
+        quantised = quantize_graph(base.model_path, path, options.quantize)
+        if not quantised:
+            raise UnsupportedOptionError(
+                f"backend.quantize={options.quantize} found no MatMul to quantise in the graph of model "
+                f"{model.name!r}, so it would change nothing: use backend.quantize=null for this model.")
+        fields: dict[str, Any] = {"model_file": path.name, "graph_features": base.manifest.get("graph_features", {}),
+                                  "base": base.path.name, "quantized_matmuls": quantised}
+        if options.verify:
+            runner = make_runner(path, options, graph_of(base))
+            fields["verify"] = verify_against_eager(runner, model, variant=options.quantize,
+                                                    tolerance=options.tolerance)
+            made["runner"] = runner
+        return fields
+
+    parts = key_parts(model, options, builder, options.quantize)
+    return get_or_build(cache_dir, cache_key(parts), build, describe=parts)
