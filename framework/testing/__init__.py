@@ -7,7 +7,8 @@
 """
 
 from .backend_kit import BackendConformance, SlotDriver
+from .model_kit import ModelConformance
 from .tiny_models import KIT_MODELS, ByteTokenizer, tiny_decoder_model, tiny_llama_config, tiny_recurrent_model
 
-__all__ = ["KIT_MODELS", "BackendConformance", "ByteTokenizer", "SlotDriver", "tiny_decoder_model",
-           "tiny_llama_config", "tiny_recurrent_model"]
+__all__ = ["KIT_MODELS", "BackendConformance", "ByteTokenizer", "ModelConformance", "SlotDriver",
+           "tiny_decoder_model", "tiny_llama_config", "tiny_recurrent_model"]

@@ -1,0 +1,31 @@
+"""The model kit (plugstack.testing.ModelConformance) on the built-in Llama plugin, loaded
+for real from a Hugging Face directory and from a GGUF file, and on the kit's recurrent
+model: the same checks a third-party model plugin runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from plugstack.testing import ModelConformance, tiny_recurrent_model
+
+
+class TestLlamaFromHuggingFaceDirectory(ModelConformance):
+    onnx_graphs = ("auto", "export")  # the plugin's fused graph and the generic export
+
+    @pytest.fixture(scope="class")
+    def config(self, tiny_model_dir):
+        from plugstack.plugins.llama.config import LlamaModelConfig
+
+        return LlamaModelConfig(path=str(tiny_model_dir), source=None)
+
+    @pytest.fixture(scope="class")
+    def model(self, config):
+        from plugstack.plugins.llama.loader import load
+
+        return load(config)
+
+
+class TestTinyRecurrentModel(ModelConformance):
+    @pytest.fixture(scope="class")
+    def model(self):
+        return tiny_recurrent_model()
