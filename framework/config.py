@@ -8,16 +8,20 @@ a wrong type or an unknown key fails at composition with Hydra's own message.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from omegaconf import MISSING
 
 from .errors import ConfigError, suggestion_text
 
-__all__ = ["CONFIG_MODULE", "GROUPS", "LogConfig", "PlugstackConfig", "check_choices", "compose", "prepare_hydra"]
+__all__ = ["CONFIG_MODULE", "GROUPS", "LogConfig", "PlugstackConfig", "check_choices", "compose", "options",
+           "prepare_hydra"]
+
+T = TypeVar("T")
 
 CONFIG_MODULE = "plugstack.conf"
 GROUPS = ("backend", "model", "app")
@@ -40,6 +44,7 @@ class LogLevel(str, Enum):
 class LogConfig:
     #: ``console`` (coloured on a terminal) or ``json`` (one JSON object per line).
     format: LogFormat = LogFormat.console
+    #: Lowest level written to stderr: DEBUG | INFO | WARNING | ERROR | CRITICAL.
     level: LogLevel = LogLevel.INFO
 
 
@@ -51,6 +56,24 @@ class PlugstackConfig:
     model: Any = MISSING
     app: Any = MISSING
     log: LogConfig = field(default_factory=LogConfig)
+
+
+def options(cls: type[T], cfg: Any) -> T:
+    """``cfg`` as an instance of the config dataclass ``cls``, defaults filled in: what a
+    plugin's factory does with the config it is given (``None``, an instance, a DictConfig
+    or a mapping). An unknown key or a wrong type is a :class:`ConfigError` naming it."""
+    if cfg is None:
+        return cls()
+    if isinstance(cfg, cls):
+        return cfg
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        given = OmegaConf.structured(cfg) if dataclasses.is_dataclass(cfg) else cfg
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), given))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"invalid {cls.__name__}: {exc}") from None
 
 
 def prepare_hydra() -> None:

@@ -16,6 +16,7 @@ are imported on first use.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import os
@@ -347,7 +348,10 @@ class Registry:
             log.warning("plugin.hook_failed", plugin=failure.plugin, hook=failure.hook, error=failure.error_text())
 
     def store_schemas(self) -> None:
-        """Put every plugin's config dataclass into Hydra's ConfigStore (root level)."""
+        """Put every plugin's config into Hydra's ConfigStore: its dataclass at the root, as
+        ``plugstack_<kind>_<name>`` (for YAML presets to validate against), and its defaults
+        as the choice ``<kind>/<name>`` (and each alias), so a plugin is selectable without
+        any YAML. A YAML of the same name in a search path wins over the stored defaults."""
         from hydra.core.config_store import ConfigStore
 
         cs = ConfigStore.instance()
@@ -355,6 +359,21 @@ class Registry:
             for entry in self.entries(kind):
                 if entry.config is not None:
                     cs.store(name=schema_name(kind, entry.name), node=entry.config)
+                for name in (entry.name, *entry.aliases):
+                    cs.store(group=kind, name=name, node=_choice_node(entry, name))
+
+
+def _choice_node(entry: Entry, name: str) -> Any:
+    """The defaults of ``entry``'s config with ``name`` set: what ``<kind>=<name>`` selects."""
+    if entry.config is None:
+        return {"name": name}
+    cls = entry.config
+    if "name" not in {f.name for f in dataclasses.fields(cls)}:  # give it the field the run reads
+        cls = dataclasses.make_dataclass(cls.__name__, [("name", str, dataclasses.field(default=name))], bases=(cls,))
+    try:
+        return dataclasses.replace(cls(), name=name)
+    except TypeError:  # a field without a default: Hydra reports it missing when chosen
+        return cls
 
 
 _registry: Registry | None = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from .errors import GenerationError
 
@@ -32,22 +32,27 @@ __all__ = [
 
 @dataclass
 class SamplingParams:
-    """How to pick each next token, and when to stop.
+    """How to pick each next token, and when to stop (validated on construction).
 
-    ``temperature == 0`` means greedy (argmax). ``top_k == 0`` and ``top_p == 1`` switch
-    those filters off; ``repetition_penalty == 1`` switches the penalty off. ``seed`` makes
-    sampling reproducible (``None``: a fresh random seed per call). ``stop`` strings end a
-    sequence and are not part of the returned text. ``ignore_eos`` keeps generating past
-    end-of-sequence tokens (benchmarks use it to get a fixed number of tokens).
+    Also the sampling options of applications: an app's config dataclass inherits from it
+    (``app.temperature=0.7``), so these defaults and docs are the only ones.
     """
 
+    #: Tokens to generate at most.
     max_new_tokens: int = 128
+    #: 0 = greedy (argmax); higher is more random.
     temperature: float = 0.0
+    #: Sample among the k most likely tokens; 0 = off.
     top_k: int = 0
+    #: Sample among the most likely tokens holding this much probability; 1.0 = off.
     top_p: float = 1.0
+    #: > 1 discourages tokens already in the sequence (the CTRL rule); 1.0 = off.
     repetition_penalty: float = 1.0
-    seed: int | None = None
+    #: Makes sampling reproducible; null = a fresh random seed per call.
+    seed: Optional[int] = None
+    #: Strings that end a sequence (not part of the returned text).
     stop: list[str] = field(default_factory=list)
+    #: Keep generating past end-of-sequence tokens (benchmarks: a fixed number of tokens).
     ignore_eos: bool = False
 
     def __post_init__(self) -> None:

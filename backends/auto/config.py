@@ -13,8 +13,8 @@ ENV_VAR = "PLUGSTACK_BACKEND"
 
 @dataclass
 class AutoBackendConfig:
-    """Use the first available backend of ``order`` (each with its default options), or the
-    backend named by the PLUGSTACK_BACKEND environment variable when it is set."""
+    """The first available backend of ``order``, with its default options (``backend=auto``)."""
 
     name: str = "auto"
+    #: Backends to try, in order; the environment variable PLUGSTACK_BACKEND=<name> wins over it.
     order: list[str] = field(default_factory=lambda: list(DEFAULT_ORDER))

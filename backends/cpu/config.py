@@ -13,18 +13,14 @@ CPU_QUANTIZE = ("int8",)
 
 @dataclass
 class CpuBackendConfig:
-    """Eager PyTorch on the CPU.
-
-    ``threads``: intra-op threads; 0 keeps torch's default (all cores torch sees).
-    ``dtype``: ``fp32`` or ``bf16``. bf16 halves the weights' memory; its matmuls are native
-    only on CPUs with AVX512-BF16/AMX (elsewhere prefill is ~4x slower, decode still gains).
-    ``quantize``: ``int8`` = dynamic int8 on every ``nn.Linear`` (torch.ao), or none.
-    ``compile``: wrap the module in ``torch.compile`` (compiling takes seconds for a tiny
-    model and minutes for a real one, once per new input shape family).
-    """
+    """Eager PyTorch on the CPU (``backend=cpu``)."""
 
     name: str = "cpu"
+    #: Intra-op threads (torch's process-wide count); 0 keeps torch's default (all cores it sees).
     threads: int = 0
+    #: Compute dtype: fp32 | bf16 (native matmuls only with AVX512-BF16/AMX; emulated elsewhere).
     dtype: str = "fp32"
+    #: Weight quantisation: null | int8 (dynamic int8 on every nn.Linear, one scale per channel).
     quantize: Optional[str] = None
+    #: Wrap the module in torch.compile (seconds to compile a tiny model, minutes a real one).
     compile: bool = False

@@ -15,10 +15,11 @@ import structlog
 
 from plugstack.backend import Availability, Backend, DeviceInfo
 from plugstack.builders import BuiltGraph
+from plugstack.config import options
 from plugstack.errors import BackendUnavailableError
 from plugstack.model import Model
 
-from .config import OnnxBackendConfig, coerce_config
+from .config import OnnxBackendConfig, validate
 
 if TYPE_CHECKING:
     from .runner import OnnxRunner
@@ -84,7 +85,8 @@ class OnnxBackend(Backend):
     def __init__(self, cfg: Any = None) -> None:
         super().__init__(cfg)
         #: The checked options (raises UnsupportedOptionError for a bad value, cheaply).
-        self.options: OnnxBackendConfig = coerce_config(cfg)
+        self.options: OnnxBackendConfig = options(OnnxBackendConfig, cfg)
+        validate(self.options)
 
     # -- probe ---------------------------------------------------------------------
 

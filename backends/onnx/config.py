@@ -1,7 +1,8 @@
 """Options of the ``onnx`` backend (the ``backend=onnx`` config group).
 
-A light module: a plain dataclass plus the checks that turn a bad value into an
-:class:`~plugstack.errors.UnsupportedOptionError` naming the valid ones. No onnxruntime here.
+A light module: the dataclass (each option's default and doc) plus :func:`validate`, which
+turns a bad value into an :class:`~plugstack.errors.UnsupportedOptionError` naming the
+valid ones. No onnxruntime here.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ MIN_OPSET, MAX_OPSET = 18, 23
 
 @dataclass
 class OnnxBackendConfig:
-    """Options of the ONNX Runtime backend."""
+    """ONNX Runtime (``backend=onnx``): the step graph is made once (cached), then run by ORT."""
 
     name: str = "onnx"
     #: Intra-op threads; 0 lets ONNX Runtime choose (one per physical core).
@@ -55,11 +56,13 @@ class OnnxBackendConfig:
     providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
     #: ONNX Runtime graph optimisation level: disable | basic | extended | all.
     graph_optimization: str = "all"
-    #: Weight quantisation of the exported graph: null (none) | int8 | int4.
+    #: Weight quantisation of the graph: null (none) | int8 | int4 (block-wise MatMulNBits;
+    #: int4 costs small models much quality).
     quantize: Optional[str] = None
-    #: Compute dtype of the exported graph: fp32, or fp16 with the CUDA provider only.
+    #: Compute dtype of the graph: fp32, or fp16 with the CUDA provider first (graph=export).
     dtype: str = "fp32"
-    #: How the graph is made: auto | export | fused (see GRAPHS).
+    #: How the graph is made: auto (the model's own builder where it offers one) | fused
+    #: (that builder, or an error) | export (torch.onnx, any model).
     graph: str = "auto"
     #: ONNX opset of the export.
     opset: int = 23
@@ -71,51 +74,14 @@ class OnnxBackendConfig:
     tolerance: float = 1e-4
     #: KV cache between steps: auto | shared (preallocated, appended in place) | concat (see KV_CACHES).
     kv_cache: str = "auto"
-    #: Positions the shared KV buffer holds (capped at the model's context length); 0 = the
-    #: context length. Memory: layers x 2 x kv_heads x head_dim x 4 bytes per position and row
-    #: (SmolLM2: 46 KiB, so 4096 positions = 189 MiB per row, touched only as it fills).
+    #: Positions one slot of the shared KV buffer holds (capped at the model's context
+    #: length); 0 = the context length. Memory: layers x 2 x kv_heads x head_dim x 4 bytes
+    #: per position and slot, touched only as it fills.
     max_cache_len: int = 4096
-    #: Let ONNX Runtime's worker threads keep spinning after a step (for ~60 ms here), so the
-    #: next step starts without waking them: SmolLM2 int4 decode 7.36 -> 7.01 ms a step,
-    #: level with onnxruntime-genai, which never stops them. The price: torch work that
-    #: starts in the same process within those ms has a core less (an eager prefill right
-    #: after a generation took 224 instead of 168 ms). false stops them as each step ends.
+    #: Let ONNX Runtime's worker threads keep spinning a while after a step, so the next step
+    #: starts without waking them (onnxruntime-genai never stops them). The price: torch work
+    #: started in the same process meanwhile has a core less. false stops them after each step.
     spin_between_runs: bool = True
-
-
-def _get(cfg: Any, key: str, default: Any) -> Any:
-    """Read an option from a dataclass, a DictConfig or None (falling back to the default)."""
-    if cfg is None:
-        return default
-    value = getattr(cfg, key, default)
-    # A null in YAML means "default" for every option whose default is not itself null.
-    return default if value is None else value
-
-
-def coerce_config(cfg: Any) -> OnnxBackendConfig:
-    """A checked :class:`OnnxBackendConfig` from whatever the core handed us.
-
-    Raises :class:`UnsupportedOptionError` naming the valid values for a bad option.
-    """
-    d = OnnxBackendConfig()
-    out = OnnxBackendConfig(
-        name=str(_get(cfg, "name", d.name)),
-        threads=int(_get(cfg, "threads", d.threads)),
-        providers=[str(p) for p in _get(cfg, "providers", d.providers)],
-        graph_optimization=str(_get(cfg, "graph_optimization", d.graph_optimization)),
-        quantize=_get(cfg, "quantize", d.quantize),
-        dtype=str(_get(cfg, "dtype", d.dtype)),
-        graph=str(_get(cfg, "graph", d.graph)),
-        opset=int(_get(cfg, "opset", d.opset)),
-        cache_dir=_get(cfg, "cache_dir", d.cache_dir),
-        verify=bool(_get(cfg, "verify", d.verify)),
-        tolerance=float(_get(cfg, "tolerance", d.tolerance)),
-        kv_cache=str(_get(cfg, "kv_cache", d.kv_cache)),
-        max_cache_len=int(_get(cfg, "max_cache_len", d.max_cache_len)),
-        spin_between_runs=bool(_get(cfg, "spin_between_runs", d.spin_between_runs)),
-    )
-    validate(out)
-    return out
 
 
 def _bad(option: str, value: Any, valid: Any, hint: str = "") -> UnsupportedOptionError:

@@ -9,6 +9,7 @@ prompts run in batches and results go to a JSONL file, one object per prompt:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -26,17 +27,8 @@ __all__ = ["GenerateApp", "read_prompts"]
 
 
 def sampling_params(cfg: Any) -> SamplingParams:
-    """The app config's sampling fields as validated :class:`SamplingParams`."""
-    return SamplingParams(
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=float(cfg.temperature),
-        top_k=cfg.top_k,
-        top_p=float(cfg.top_p),
-        repetition_penalty=float(cfg.repetition_penalty),
-        seed=cfg.seed,
-        stop=[str(s) for s in (cfg.stop or [])],
-        ignore_eos=bool(cfg.ignore_eos),
-    )
+    """The app config's sampling fields (it inherits them) as validated :class:`SamplingParams`."""
+    return SamplingParams(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(SamplingParams)})
 
 
 def read_prompts(path: str | os.PathLike[str]) -> list[str]:

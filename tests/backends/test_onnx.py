@@ -468,16 +468,16 @@ def test_typo_in_provider_suggests_the_right_name():
         OnnxBackend(OnnxBackendConfig(providers=["CPUExecutionProvidr"]))
 
 
-def test_config_from_the_yaml_group_is_accepted():
-    from omegaconf import OmegaConf
+def test_the_composed_group_is_the_dataclass_with_overrides():
+    from plugstack.config import compose
+    from plugstack.run import group_config
 
-    yaml = Path(__file__).parents[2] / "conf" / "backend" / "onnx.yaml"
-    raw = OmegaConf.load(yaml)
-    raw.pop("defaults")
-    cfg = OmegaConf.merge(OmegaConf.structured(OnnxBackendConfig), raw, {"quantize": "int8"})
-    backend = OnnxBackend(cfg)
-    assert backend.options.threads == 2 and backend.options.quantize == "int8"
-    assert backend.options.providers == ["CPUExecutionProvider"]
+    cfg = compose(["backend=onnx", "backend.quantize=int8"])
+    backend = OnnxBackend(group_config(cfg.backend))
+    assert backend.options == OnnxBackendConfig(quantize="int8")
+    assert OnnxBackend({"threads": 1}).options.threads == 1  # a mapping: the defaults filled in
+    with pytest.raises(ConfigError, match="threads"):
+        OnnxBackend({"threads": "many"})
 
 
 def test_probe_reports_cpu_and_why_cuda_is_unavailable_without_importing_onnxruntime():

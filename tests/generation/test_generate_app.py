@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import structlog
@@ -17,8 +16,6 @@ from plugstack.model import Model
 from plugstack.plugins.generate.app import GenerateApp
 from plugstack.plugins.generate.config import GenerateAppConfig
 from plugstack.sampling import SamplingParams
-
-CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 @pytest.fixture
@@ -121,20 +118,20 @@ def test_bad_prompt_files_are_config_errors(make_ctx, tmp_path, name, content, m
         GenerateApp(app_cfg(prompt_file=str(path))).run(make_ctx())
 
 
-def test_yaml_composes_against_the_config_dataclass():
-    from hydra import compose, initialize_config_dir
-    from hydra.core.config_store import ConfigStore
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
+def test_app_generate_is_its_dataclass_composed_with_overrides():
+    """No YAML restates the options: the choice comes from the dataclass (defaults, docs)."""
+    from hydra.errors import ConfigCompositionException
 
-    ConfigStore.instance().store(name="plugstack_app_generate", node=GenerateAppConfig)
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF / "app"), version_base="1.3"):
-        cfg = compose(config_name="generate", overrides=["max_new_tokens=5", "stop=[END]"])
-        with pytest.raises(Exception, match="max_new_tokens"):
-            compose(config_name="generate", overrides=["max_new_tokens=many"])
-    GlobalHydra.instance().clear()
-    assert OmegaConf.to_object(cfg) == replace(GenerateAppConfig(), max_new_tokens=5, stop=["END"])
+    from plugstack.config import compose
+    from plugstack.errors import GenerationError
+    from plugstack.run import group_config
+
+    cfg = compose(["app=generate", "app.max_new_tokens=5", "app.stop=[END]", "app.temperature=0.5"])
+    assert group_config(cfg.app) == replace(GenerateAppConfig(), max_new_tokens=5, stop=["END"], temperature=0.5)
+    with pytest.raises(ConfigCompositionException, match="max_new_tokens"):
+        compose(["app.max_new_tokens=many"])
+    with pytest.raises(GenerationError, match=r"temperature=-1\.0"):  # the SamplingParams checks apply
+        group_config(compose(["app.temperature=-1"]).app)
 
 
 def test_plugin_registers_the_generate_app_without_importing_torch():

@@ -147,23 +147,18 @@ def test_plugin_module_is_light_and_registers_the_loader():
 
 
 @pytest.mark.parametrize("name", ["smollm2", "llama"])
-def test_config_yaml_validates_against_the_dataclass(name):
-    from importlib.resources import files
+def test_model_choices_compose_against_the_dataclass(name):
+    """``model=smollm2`` is a YAML preset of the plugin; ``model=llama`` its plain defaults."""
+    from plugstack.config import compose
+    from plugstack.run import group_config
 
-    from omegaconf import OmegaConf
-
-    from plugstack.plugins.llama.config import LlamaModelConfig
-
-    raw = OmegaConf.create(files("plugstack.conf").joinpath(f"model/{name}.yaml").read_text())
-    assert list(raw.defaults) == ["/plugstack_model_llama@_here_", "_self_"]
-    del raw["defaults"]
-    cfg = OmegaConf.merge(OmegaConf.structured(LlamaModelConfig), raw)
-    assert cfg.name == "llama"
+    cfg = group_config(compose([f"model={name}"]).model)
+    assert type(cfg).__name__ == "LlamaModelConfig" and cfg.name == "llama" and cfg.path is None
     if name == "smollm2":
-        assert cfg.source == "smollm2" and cfg.path is None
+        assert cfg.source == "smollm2"
     else:
-        assert cfg.source is None and cfg.path is None
         from plugstack.plugins.llama.loader import load
 
+        assert cfg.source is None
         with pytest.raises(ModelLoadError, match=r"set model\.path="):
             load(cfg)

@@ -1,4 +1,4 @@
-"""``pinned-cpu``: the built-in eager runner, pinned to chosen cores and instrumented."""
+"""``pinned-cpu``: the built-in ``cpu`` backend, pinned to chosen cores, its runner instrumented."""
 
 from __future__ import annotations
 
@@ -61,16 +61,13 @@ class PinnedCpuBackend(plugstack.Backend):
                                                     dtypes=("fp32", "bf16")))
 
     def prepare(self, model: plugstack.Model) -> Runner:
-        import copy
-
-        import torch
-
         dtype = self.cfg.dtype if self.cfg is not None else "fp32"
         if dtype not in ("fp32", "bf16"):
             raise UnsupportedOptionError(f"backend.dtype={dtype!r} is not supported by pinned-cpu; use fp32 or bf16")
         cores = self._cores()
         os.sched_setaffinity(0, cores)
-        torch.set_num_threads(len(cores))
         log.info("pinned_cpu.pinned", cores=cores, threads=len(cores))
-        module = model.module if dtype == "fp32" else copy.deepcopy(model.module)
-        return TimedRunner(plugstack.EagerRunner(module, model.signature, dtype=dtype))
+        # The built-in cpu backend does the rest (one torch thread per core, a bf16 copy):
+        # built by name like any registered backend, and its runner wrapped.
+        inner = plugstack.create_backend("cpu", threads=len(cores), dtype=dtype)
+        return TimedRunner(inner.prepare(model))

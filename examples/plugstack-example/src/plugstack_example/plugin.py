@@ -13,14 +13,19 @@ import plugstack
 
 @dataclass
 class PinnedCpuConfig:
+    """The options of ``backend=pinned-cpu``: one source of truth, no YAML needed."""
+
     name: str = "pinned-cpu"
     #: CPU cores to pin the process to (empty: all); torch uses one thread per core.
     cores: list[int] = field(default_factory=list)
+    #: Compute dtype: fp32 | bf16.
     dtype: str = "fp32"
 
 
 @dataclass
 class DescribeConfig:
+    """The options of ``app=describe``."""
+
     name: str = "describe"
     #: Also time one real step of the model on the backend.
     run_step: bool = True
@@ -40,4 +45,5 @@ def plugstack_register_apps(register: plugstack.Register) -> None:
 
 @plugstack.hookimpl
 def plugstack_config_searchpath() -> str:
+    # Presets beyond the defaults, e.g. backend=pinned-cpu-bf16.
     return "pkg://plugstack_example.conf"
