@@ -107,7 +107,7 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
 
     if penalty == 1.0:
         return logits
-    # Touch only the seen entries: a full-vocabulary where() costs ~10x more per step.
+    # Touch only the seen entries: a full-vocabulary where() costs much more per step.
     rows, cols = seen.nonzero(as_tuple=True)
     values = logits[rows, cols]
     out = logits.clone()
@@ -161,8 +161,8 @@ def sampling_distribution(logits: torch.Tensor, params: SamplingParams) -> tuple
 
     Returns ``(probs, ids)``: ``probs`` ``[B, K]`` (unnormalised where top-p cut it; zeros
     are excluded tokens) over candidate token ids ``ids`` ``[B, K]``, or ``ids=None`` when
-    ``probs`` covers the whole vocabulary. Sorting a 50k vocabulary costs ~7 ms a row on
-    this CPU, a fifth of a decode step, so the candidates come from ``topk`` instead: the
+    ``probs`` covers the whole vocabulary. Sorting a whole vocabulary costs a sizeable part
+    of a decode step on a CPU, so the candidates come from ``topk`` instead: the
     ``top_k`` best, or for top-p alone a few hundred that already hold mass ``p`` (widened
     when they do not), which gives exactly the nucleus of :func:`apply_top_p`.
     """
@@ -187,7 +187,7 @@ def sampling_distribution(logits: torch.Tensor, params: SamplingParams) -> tuple
 
 
 def has_nan(logits: torch.Tensor) -> bool:
-    """Does ``logits`` hold a NaN? (numpy on the CPU: ~10x faster than torch's ``isnan().any()``)."""
+    """Does ``logits`` hold a NaN? (numpy on the CPU: much faster than torch's ``isnan().any()``)."""
     import numpy as np
     import torch
 
@@ -202,7 +202,7 @@ def greedy_pick(logits: torch.Tensor) -> tuple[list[int], bool] | None:
 
     The decode loop's fast path: right after a quantised step every call is cold (the
     weights have just gone through the CPU caches), and torch's argmax and NaN check cost
-    ~85-120 us here against ~5-10 for numpy. Returns None where it does not apply (other
+    several times numpy's one pass. Returns None where it does not apply (other
     devices or dtypes); :func:`choose_tokens` handles every case.
     """
     try:
@@ -231,7 +231,7 @@ def choose_tokens(
         return logits.argmax(dim=-1) if picked is None else torch.tensor(picked[0], dtype=torch.int64)
     probs, ids = sampling_distribution(logits, params)
     # Inverse-CDF sampling: one uniform draw per row and a binary search; needs no
-    # normalisation and is ~10x faster than torch.multinomial over a 50k vocabulary.
+    # normalisation and is much faster than torch.multinomial over a large vocabulary.
     cdf = probs.cumsum(dim=-1)
     u = torch.rand((cdf.shape[0], 1), generator=generator, dtype=cdf.dtype) * cdf[:, -1:]
     choice = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)

