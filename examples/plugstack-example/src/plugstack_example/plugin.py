@@ -7,6 +7,7 @@ app live in their own modules, named as strings, and load when a run uses them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import plugstack
 
@@ -23,6 +24,17 @@ class PinnedCpuConfig:
 
 
 @dataclass
+class BigramConfig:
+    """The options of ``model=bigram``."""
+
+    name: str = "bigram"
+    #: Text file to count byte pairs from; null = the package's own sample text.
+    corpus: Optional[str] = None
+    #: Added to every pair's count, so pairs the text never shows keep some probability.
+    smoothing: float = 0.001
+
+
+@dataclass
 class DescribeConfig:
     """The options of ``app=describe``."""
 
@@ -35,6 +47,12 @@ class DescribeConfig:
 def plugstack_register_backends(register: plugstack.Register) -> None:
     register("pinned-cpu", "plugstack_example.backend:PinnedCpuBackend", config=PinnedCpuConfig,
              description="PyTorch eager on pinned CPU cores, with per-step timing")
+
+
+@plugstack.hookimpl
+def plugstack_register_models(register: plugstack.Register) -> None:
+    register("bigram", "plugstack_example.bigram:load", config=BigramConfig,
+             description="a byte-level bigram language model counted from a text file")
 
 
 @plugstack.hookimpl
