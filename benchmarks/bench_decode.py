@@ -101,7 +101,7 @@ def greedy_run(runner, prompt_ids: list[int], n: int, forced: list[int] | None =
     """
     import torch
 
-    from plugstack.testing import SlotDriver
+    from plugstack.testing.driver import SlotDriver
 
     driver = SlotDriver(runner)
     t0 = time.perf_counter()

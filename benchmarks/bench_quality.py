@@ -34,7 +34,7 @@ VARIANTS = {
 
 def teacher_forced_logprobs(runner, ids: list[int]) -> torch.Tensor:
     """``[len(ids) - 1, vocab]`` log-probabilities of the token after each position."""
-    from plugstack.testing import SlotDriver
+    from plugstack.testing.driver import SlotDriver
 
     driver = SlotDriver(runner)
     rows = [torch.log_softmax(driver.feed([[token]])[0].double(), -1) for token in ids[:-1]]

@@ -153,7 +153,15 @@ class Feeds:
         """Inputs for ``tokens[i]`` appended after ``starts[i]`` positions of row ``i``."""
         feeds = {"input_ids": self._array(tokens)}
         if self.positions:
-            feeds[self.positions] = self._array([range(s, s + len(t)) for t, s in zip(tokens, starts, strict=True)])
+            spans = [list(range(s, s + len(t))) for t, s in zip(tokens, starts, strict=True)]
+            feeds[self.positions] = self._array(spans)
+        return feeds
+
+    def one_token(self, tokens: Sequence[int], starts: Sequence[int]) -> dict[str, Any]:
+        """Inputs for one new token per row (the decode step: as few calls as possible)."""
+        feeds = {"input_ids": self._array([[t] for t in tokens])}
+        if self.positions:
+            feeds[self.positions] = self._array([[s] for s in starts])
         return feeds
 
 
@@ -170,7 +178,7 @@ def prefill(runner: Runner, state: SlotState, slot: int, prompt: Sequence[int], 
 
 def decode_one_token(runner: Runner, state: SlotState, slots: list[int], tokens: list[int], feeds: Feeds) -> Any:
     """Append ``tokens[i]`` to slot ``slots[i]``; the next-token logits ``[rows, vocab]``."""
-    out = runner.run(feeds([[t] for t in tokens], [state.lengths[s] for s in slots]), state, slots)
+    out = runner.run(feeds.one_token(tokens, [state.lengths[s] for s in slots]), state, slots)
     return last_logits(out.outputs["logits"])
 
 

@@ -93,36 +93,38 @@ class StepSignature:
         if self.new_axis is not None and self._new_input is None:
             raise ValueError(f"new_axis={self.new_axis!r} is not a dimension of any feed input")
 
-    @property
+    # The derived views are cached (read every step); frozen dataclasses allow it, since
+    # cached_property writes the instance dict directly. Callers must not mutate the lists.
+    @cached_property
     def input_names(self) -> list[str]:
         return [t.name for t in self.inputs]
 
-    @property
+    @cached_property
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
 
-    @property
+    @cached_property
     def state_inputs(self) -> list[str]:
         return [i for i, _ in self.state]
 
-    @property
+    @cached_property
     def state_outputs(self) -> list[str]:
         return [o for _, o in self.state]
 
-    @property
+    @cached_property
     def feed_inputs(self) -> list[str]:
         """Inputs the caller supplies each step (neither state nor the runner-filled mask)."""
         skip = {*self.state_inputs, self.mask}
         return [n for n in self.input_names if n not in skip]
 
-    @property
+    @cached_property
     def state_kind(self) -> str:
         """``"growing"``, ``"fixed"`` or ``"none"`` (see the module docstring)."""
         if not self.state:
             return "none"
         return "growing" if self.state_axis is not None else "fixed"
 
-    @cached_property  # (frozen dataclasses allow it: it writes the instance dict directly)
+    @cached_property
     def _new_input(self) -> tuple[str, int] | None:
         """(feed input, axis) that carries ``new_axis``."""
         for name in self.feed_inputs:

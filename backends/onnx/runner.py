@@ -131,9 +131,11 @@ class OnnxRunner(Runner):
         self._np_float = _NP_FLOAT[dtype]
         self._state_index = {name: i for i, name in enumerate(signature.state_inputs)}
         self._state_out = {o: self._state_index[i] for i, o in signature.state}
-        graph_inputs = {i.name for i in self.session.get_inputs()}
+        self._graph_inputs = {i.name for i in self.session.get_inputs()}
         #: Inputs the graph reads, in signature order (a builder's graph may skip some).
-        self._feed_names = [n for n in signature.input_names if n in graph_inputs]
+        self._feed_names = [n for n in signature.input_names if n in self._graph_inputs]
+        #: Of those, the caller's (neither state nor the mask).
+        self._plain_feeds = [n for n in self._feed_names if n in signature.feed_inputs]
         self._dtypes = {t.name: self._np_dtype(t.dtype) for t in signature.inputs}
         #: ``concat`` or ``shared`` (see the module docstring); set by :meth:`share_kv_buffers`.
         self.kv_cache = "concat"
@@ -243,40 +245,36 @@ class OnnxRunner(Runner):
         """One step with the KV cache appended in place to ``state``'s buffers (IOBinding)."""
         slot = rows[0] if len(rows) == 1 and state.size > 1 else None
         lanes = rows if slot is not None else state.all_rows  # the rows the graph runs
-        stepped = set(rows) if not (lanes is rows or lanes == rows) else None
-        parked = [b for b in lanes if b not in stepped] if stepped is not None else []
+        parked = [] if len(rows) == len(lanes) else [b for b in lanes if b not in set(rows)]
+        mask, lengths = state.mask, state.lengths
         total = 0
         for b in lanes:  # ones over each lane's prefix plus what this step writes there
-            extra = new if stepped is None or b in stepped else 1
-            state.mask[b, state.lengths[b] : state.lengths[b] + extra] = 1
-            total = max(total, state.lengths[b] + extra)
-        feed = {}
-        for name in self._feed_names:
-            if name == self.signature.mask:
-                feed[name] = state.mask[slot : slot + 1, :total] if slot is not None else state.mask[:, :total]
-                if not feed[name].flags.c_contiguous:
-                    feed[name] = np.ascontiguousarray(feed[name])
-            elif name not in self._state_index:
-                feed[name] = self._lanes(self._to_numpy(name, inputs[name]), rows, lanes)
+            end = lengths[b] + (1 if parked and b in parked else new)
+            mask[b, lengths[b] : end] = 1
+            total = max(total, end)
+        feed = {name: self._lanes(self._to_numpy(name, inputs[name]), rows, parked) for name in self._plain_feeds}
+        if self.signature.mask in self._graph_inputs:
+            rows_mask = mask[slot : slot + 1, :total] if slot is not None else mask[:, :total]
+            feed[self.signature.mask] = rows_mask if rows_mask.flags.c_contiguous else np.ascontiguousarray(rows_mask)
         try:
             out = self._bound_run(self._bindings(state, slot), feed)
         except Exception as e:  # onnxruntime raises its own pybind exception types
             raise GenerationError(self._rejected(feed, e)) from e
         finally:
             for b in parked:
-                state.mask[b, state.lengths[b]] = 0  # the parked token is not part of the row
+                mask[b, lengths[b]] = 0  # the parked token is not part of the row
         outputs = {}
         for name, array in out.items():
-            t = torch.from_numpy(array if not parked else array[rows])
+            t = torch.from_numpy(array[rows] if parked else array)
             outputs[name] = t.float() if array.dtype == np.float16 else t
         return outputs
 
     @staticmethod
-    def _lanes(value: np.ndarray, rows: list[int], lanes: list[int]) -> np.ndarray:
-        """A feed for the graph's rows ``lanes`` from the rows' own (zeros for parked rows)."""
-        if lanes is rows or lanes == rows:
+    def _lanes(value: np.ndarray, rows: list[int], parked: list[int]) -> np.ndarray:
+        """A feed for every slot from the stepped rows' own (zeros for parked slots)."""
+        if not parked:
             return value
-        full = np.zeros((len(lanes), *value.shape[1:]), dtype=value.dtype)
+        full = np.zeros((len(rows) + len(parked), *value.shape[1:]), dtype=value.dtype)
         full[rows] = value
         return full
 

@@ -6,7 +6,8 @@
 - :func:`tiny_decoder_model`, :func:`tiny_recurrent_model`: tiny random models of two shapes.
 """
 
-from .backend_kit import BackendConformance, SlotDriver
+from .backend_kit import BackendConformance
+from .driver import SlotDriver
 from .model_kit import ModelConformance
 from .tiny_models import KIT_MODELS, ByteTokenizer, tiny_decoder_model, tiny_llama_config, tiny_recurrent_model
 
