@@ -14,11 +14,17 @@ from typing import Any
 import torch
 
 from plugstack.backend import Runner
-from plugstack.errors import UnsupportedOptionError
+from plugstack.errors import ModelLoadError, UnsupportedOptionError
 from plugstack.signature import BATCH, FLOAT, StepSignature
 from plugstack.state import TensorSlots
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def feed_tensor(value: Any, spec_dtype: str, device: torch.device, compute: torch.dtype) -> torch.Tensor:
+    """A step input on ``device``, cast to the compute dtype where the signature says ``float``."""
+    t = torch.as_tensor(value)
+    return t.to(device, compute) if spec_dtype == FLOAT else t.to(device)
 
 
 class EagerRunner(Runner):
@@ -52,7 +58,8 @@ class EagerRunner(Runner):
         spec, axis = self.signature.spec(name), self.signature.state_axis
         shape = [1 if d == BATCH else 0 if d == axis else d for d in spec.shape]
         if any(isinstance(d, str) for d in shape):
-            raise ValueError(f"cannot size state tensor {name!r}: unknown dim in {spec.shape}")
+            raise ModelLoadError(f"the step signature's state tensor {name!r} has a dimension other than "
+                                 f"{BATCH!r} and state_axis left unsized: {list(spec.shape)}. Give it a fixed size.")
         return torch.zeros(shape, dtype=self._dtype_of(spec.dtype), device=self.device)
 
     @torch.inference_mode()
@@ -66,7 +73,7 @@ class EagerRunner(Runner):
             elif name == sig.mask:  # no growing state: every new position is real
                 args.append(torch.ones(len(rows), new, dtype=torch.int64) if mask is None else mask.to(self.device))
             else:
-                args.append(torch.as_tensor(inputs[name]).to(self.device))
+                args.append(feed_tensor(inputs[name], sig.spec(name).dtype, self.device, self.torch_dtype))
         results = self.module(*args)
         outputs, present = {}, [None] * len(self._state_index)
         for name, value in zip(sig.output_names, results, strict=True):

@@ -119,23 +119,28 @@ class Runner(ABC):
         missing = [n for n in sig.feed_inputs if n not in inputs]
         if missing or (sig.mask is not None and sig.mask in inputs):
             raise GenerationError(_bad_inputs(sig, inputs, missing))
+        if not all(hasattr(inputs[n], "shape") for n in sig.feed_inputs):
+            raise GenerationError(f"step inputs must be arrays (torch tensors or numpy), got "
+                                  f"{ {n: type(inputs[n]).__name__ for n in sig.feed_inputs} }")
         count = sig.rows(inputs)
         if state is None:
             state = self.new_state(count)
         rows = state.rows(slots, count)
         new = sig.new_positions(inputs)
         state.check_room(rows, new)
-        if self.steps_together(state, rows, new):
-            outputs = self.step(inputs, state, rows, new)
-        else:
-            outputs = self._row_by_row(inputs, state, rows, new)
+        if not self.steps_together(state, rows, new):
+            return StepOutput(self._row_by_row(inputs, state, rows, new), state)
+        outputs = self.step(inputs, state, rows, new)
         state.advance(rows, new)
         return StepOutput(outputs, state)
 
     def _row_by_row(self, inputs: Mapping[str, Any], state: Any, rows: list[int], new: int) -> dict[str, Any]:
         import torch
 
-        parts = [self.step(_row(self.signature, inputs, i), state, [s], new) for i, s in enumerate(rows)]
+        parts = []
+        for i, s in enumerate(rows):  # each row's length moves with its own step, even if a later one fails
+            parts.append(self.step(_row(self.signature, inputs, i), state, [s], new))
+            state.advance([s], new)
         axes = {name: self.signature.spec(name).axis(BATCH) or 0 for name in parts[0]}
         return {name: torch.cat([p[name] for p in parts], dim=axes[name]) for name in parts[0]}
 
@@ -152,7 +157,7 @@ class Runner(ABC):
 
     def state_length(self, state: SlotState, slot: int = 0) -> int:
         """How many positions ``slot`` holds (steps taken, for a signature without ``new_axis``)."""
-        return state.lengths[slot]
+        return state.length(slot)
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release sessions, device memory, threads. Safe to call twice."""
@@ -188,10 +193,6 @@ class RunnerWrapper(Runner):
 
     def steps_together(self, state: SlotState, rows: list[int], new: int) -> bool:
         return self.inner.steps_together(state, rows, new)
-
-    def run(self, inputs: Mapping[str, Any], state: SlotState | None = None,
-            slots: Sequence[int] | None = None) -> StepOutput:
-        return self.inner.run(inputs, state, slots)
 
     def release(self, state: SlotState, slot: int) -> None:
         self.inner.release(state, slot)

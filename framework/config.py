@@ -12,11 +12,15 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from omegaconf import MISSING
 
 from .errors import ConfigError, suggestion_text
+
+if TYPE_CHECKING:
+    from .entries import Entry
+    from .registry import Registry
 
 __all__ = ["CONFIG_MODULE", "GROUPS", "LogConfig", "PlugstackConfig", "check_choices", "compose", "options",
            "prepare_hydra"]
@@ -76,6 +80,37 @@ def options(cls: type[T], cfg: Any) -> T:
         raise ConfigError(f"invalid {cls.__name__}: {exc}") from None
 
 
+def store_schemas(registry: Registry) -> None:
+    """Put every plugin's config into Hydra's ConfigStore: its dataclass at the root, as
+    ``plugstack_<kind>_<name>`` (for YAML presets to validate against), and its defaults
+    as the choice ``<kind>/<name>`` (and each alias), so a plugin is selectable without
+    any YAML. A YAML of the same name in a search path wins over the stored defaults."""
+    from hydra.core.config_store import ConfigStore
+
+    from .registry import KINDS, schema_name
+
+    cs = ConfigStore.instance()
+    for kind in KINDS:
+        for entry in registry.entries(kind):
+            if entry.config is not None:
+                cs.store(name=schema_name(kind, entry.name), node=entry.config)
+            for name in (entry.name, *entry.aliases):
+                cs.store(group=kind, name=name, node=_choice_node(entry, name))
+
+
+def _choice_node(entry: Entry, name: str) -> Any:
+    """The defaults of ``entry``'s config with ``name`` set: what ``<kind>=<name>`` selects."""
+    if entry.config is None:
+        return {"name": name}
+    cls = entry.config
+    if "name" not in {f.name for f in dataclasses.fields(cls)}:  # give it the field the run reads
+        cls = dataclasses.make_dataclass(cls.__name__, [("name", str, dataclasses.field(default=name))], bases=(cls,))
+    try:
+        return dataclasses.replace(cls(), name=name)
+    except TypeError:  # a field without a default: Hydra reports it missing when chosen
+        return cls
+
+
 def prepare_hydra() -> None:
     """Store every schema in the ConfigStore and install the search-path plugin."""
     from hydra.core.config_store import ConfigStore
@@ -84,7 +119,7 @@ def prepare_hydra() -> None:
     from .registry import get_registry
 
     ConfigStore.instance().store(name="plugstack_config", node=PlugstackConfig)
-    get_registry().store_schemas()
+    store_schemas(get_registry())
     hydra_searchpath.install()
 
 

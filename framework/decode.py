@@ -88,6 +88,15 @@ def context_window(runner: Runner, explicit: int | None = None) -> int | None:
     return min(limits) if limits else None
 
 
+def window_name(runner: Runner, ctx: int | None) -> str:
+    """What sets the window ``ctx``, for messages: the model, or the runner's slots."""
+    cap = getattr(runner, "slot_capacity", None)
+    model = runner.signature.meta.get("context_length")
+    if cap and ctx == cap and (not model or cap < int(model)):
+        return f"what one slot of the runner holds ({cap} positions: raise backend.max_cache_len, up to {model})"
+    return "the model's context window"
+
+
 def check_decoder(runner: Runner) -> None:
     """Raise :class:`GenerationError` unless the runner's step is one this loop can drive."""
     sig = runner.signature
@@ -99,9 +108,11 @@ def check_decoder(runner: Runner) -> None:
             f"returns {sig.output_names}. Use an application made for this kind of model.")
 
 
-def fit_prompts(prompt_ids: Sequence[Sequence[int]], max_new: int, ctx: int | None, truncate: bool) -> list[list[int]]:
+def fit_prompts(prompt_ids: Sequence[Sequence[int]], max_new: int, ctx: int | None, truncate: bool,
+                window: str = "the model's context window") -> list[list[int]]:
     """Check every prompt is non-empty and fits the context window with ``max_new`` tokens
-    after it; with ``truncate`` keep the tail of a prompt that does not fit."""
+    after it; with ``truncate`` keep the tail of a prompt that does not fit. ``window``
+    names what sets ``ctx`` in messages."""
     prompts = [list(p) for p in prompt_ids]
     if not prompts:
         raise GenerationError("No prompts given: pass at least one prompt.")
@@ -115,15 +126,15 @@ def fit_prompts(prompt_ids: Sequence[Sequence[int]], max_new: int, ctx: int | No
     room = ctx - max_new
     if room < 1:
         raise GenerationError(
-            f"max_new_tokens={max_new} leaves no room for a prompt in the model's context window "
-            f"of {ctx} tokens: lower max_new_tokens below {ctx}.")
+            f"max_new_tokens={max_new} leaves no room for a prompt in {window} of {ctx} tokens: "
+            f"lower max_new_tokens below {ctx}.")
     for i, p in enumerate(prompts):
         if len(p) <= room:
             continue
         if not truncate:
             raise GenerationError(
                 f"Prompt {i} has {len(p)} tokens; with max_new_tokens={max_new} that needs "
-                f"{len(p) + max_new} positions, but the model's context window is {ctx}. "
+                f"{len(p) + max_new} positions, but {window} is {ctx}. "
                 f"Shorten the prompt to at most {room} tokens, lower max_new_tokens, or pass "
                 f"truncate=True to keep the last {room} tokens of the prompt.")
         log.warning("generate.prompt.truncated", prompt=i, tokens=len(p), kept=room)
@@ -366,7 +377,7 @@ def generate_ids(
     """
     params = (params or SamplingParams()).validate()
     ctx = context_window(runner, context_length)
-    prompts = fit_prompts(prompt_ids, params.max_new_tokens, ctx, truncate)
+    prompts = fit_prompts(prompt_ids, params.max_new_tokens, ctx, truncate, window_name(runner, ctx))
     loop = decode_loop(runner, prompts, params, eos_ids=eos_ids, context_length=ctx, on_token=on_token)
     return drain(loop)
 

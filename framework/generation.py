@@ -15,7 +15,16 @@ from __future__ import annotations
 from collections.abc import Generator, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from .decode import GenerationResult, Timings, context_window, decode_loop, drain, fit_prompts, generate_ids
+from .decode import (
+    GenerationResult,
+    Timings,
+    context_window,
+    decode_loop,
+    drain,
+    fit_prompts,
+    generate_ids,
+    window_name,
+)
 from .detokenize import TextAssembler
 from .errors import GenerationError
 from .sampling import SamplingParams
@@ -89,7 +98,7 @@ def generate(
     """
     params = (params or SamplingParams()).validate()
     ctx = context_window(runner, context_length)
-    ids = fit_prompts(_encode(tokenizer, prompts), params.max_new_tokens, ctx, truncate)
+    ids = fit_prompts(_encode(tokenizer, prompts), params.max_new_tokens, ctx, truncate, window_name(runner, ctx))
     return drain(_text_loop(runner, tokenizer, ids, params, ctx))
 
 
@@ -144,5 +153,5 @@ def stream(
         raise GenerationError(f"prompt must be a string, got {type(prompt).__name__}: use generate() for a batch.")
     params = (params or SamplingParams()).validate()
     ctx = context_window(runner, context_length)
-    ids = fit_prompts(_encode(tokenizer, [prompt]), params.max_new_tokens, ctx, truncate)
+    ids = fit_prompts(_encode(tokenizer, [prompt]), params.max_new_tokens, ctx, truncate, window_name(runner, ctx))
     return TextStream(_text_loop(runner, tokenizer, ids, params, ctx))

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from .errors import ModelLoadError
 from .signature import StepSignature
 
 if TYPE_CHECKING:  # heavy imports only for type checkers
@@ -53,7 +54,8 @@ class Model:
     signature: StepSignature
     example_inputs: Callable[..., tuple[torch.Tensor, ...]]
     tokenizer: Tokenizer | None = None
-    #: Maximum positions the model supports (decoders); ``None`` when not applicable.
+    #: Maximum positions a sequence may reach; ``None``: no limit. One value with the
+    #: signature's ``meta["context_length"]`` (either may be given; they must agree).
     context_length: int | None = None
     #: Stable digest of the weights (hex); part of compiled-artifact cache keys.
     weights_digest: str = ""
@@ -64,3 +66,13 @@ class Model:
     #: Model-owned implementations of the step for particular backends, by the key each
     #: backend documents (``"onnx"``, ``"torch.inplace_kv"``): see ``plugstack.builders``.
     builders: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        declared = self.signature.meta.get("context_length")
+        if self.context_length is None:
+            self.context_length = int(declared) if declared else None
+        elif declared is None:
+            self.signature.meta["context_length"] = self.context_length  # what runners and the loop read
+        elif int(declared) != self.context_length:
+            raise ModelLoadError(f"model {self.name!r} says context_length={self.context_length} but its "
+                                 f"signature's meta says {declared}: give one value.")

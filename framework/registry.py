@@ -16,7 +16,6 @@ are imported on first use.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.metadata
 import os
@@ -347,34 +346,6 @@ class Registry:
         for failure in failures:
             log.warning("plugin.hook_failed", plugin=failure.plugin, hook=failure.hook, error=failure.error_text())
 
-    def store_schemas(self) -> None:
-        """Put every plugin's config into Hydra's ConfigStore: its dataclass at the root, as
-        ``plugstack_<kind>_<name>`` (for YAML presets to validate against), and its defaults
-        as the choice ``<kind>/<name>`` (and each alias), so a plugin is selectable without
-        any YAML. A YAML of the same name in a search path wins over the stored defaults."""
-        from hydra.core.config_store import ConfigStore
-
-        cs = ConfigStore.instance()
-        for kind in KINDS:
-            for entry in self.entries(kind):
-                if entry.config is not None:
-                    cs.store(name=schema_name(kind, entry.name), node=entry.config)
-                for name in (entry.name, *entry.aliases):
-                    cs.store(group=kind, name=name, node=_choice_node(entry, name))
-
-
-def _choice_node(entry: Entry, name: str) -> Any:
-    """The defaults of ``entry``'s config with ``name`` set: what ``<kind>=<name>`` selects."""
-    if entry.config is None:
-        return {"name": name}
-    cls = entry.config
-    if "name" not in {f.name for f in dataclasses.fields(cls)}:  # give it the field the run reads
-        cls = dataclasses.make_dataclass(cls.__name__, [("name", str, dataclasses.field(default=name))], bases=(cls,))
-    try:
-        return dataclasses.replace(cls(), name=name)
-    except TypeError:  # a field without a default: Hydra reports it missing when chosen
-        return cls
-
 
 _registry: Registry | None = None
 _lock = threading.Lock()
@@ -400,13 +371,9 @@ def create_backend(name: str, **options: Any) -> Any:
     """A registered backend by name (or alias), configured with its defaults and ``options``
     (fields of its config dataclass) — for a backend plugin that wraps another one.
     Raises :class:`UnknownPluginError` with suggestions for an unknown name."""
+    from .config import options as as_options
+
     entry = get_registry().get("backend", name)
     if entry.config is None:
         return entry.create(options or None)
-    try:
-        cfg = entry.config(**options)
-    except TypeError as exc:
-        from .errors import UnsupportedOptionError
-
-        raise UnsupportedOptionError(f"backend {entry.name!r} has no such option: {exc}") from None
-    return entry.create(cfg)
+    return entry.create(as_options(entry.config, options))

@@ -92,6 +92,9 @@ class StepSignature:
             raise ValueError(f"state_axis={self.state_axis!r} is set but the signature declares no state")
         if self.new_axis is not None and self._new_input is None:
             raise ValueError(f"new_axis={self.new_axis!r} is not a dimension of any feed input")
+        if self.feed_inputs and not self._batch_inputs:
+            raise ValueError(f"no feed input has the {BATCH!r} dimension: name the rows of "
+                             f"{self.feed_inputs} {BATCH!r}")
 
     # The derived views are cached (read every step); frozen dataclasses allow it, since
     # cached_property writes the instance dict directly. Callers must not mutate the lists.
@@ -132,6 +135,11 @@ class StepSignature:
             if axis is not None:
                 return name, axis
         return None
+
+    def batch_first(self) -> bool:
+        """Is ``batch`` the first dimension of every feed, state and output tensor that has it?
+        (Runners that slice preallocated buffers by slot need it.)"""
+        return all(t.axis(BATCH) in (None, 0) for t in self.inputs + self.outputs)
 
     def new_positions(self, inputs: Mapping[str, Any]) -> int:
         """How many positions a step with these inputs adds to each row (1 without ``new_axis``)."""

@@ -81,6 +81,12 @@ class SlotState:
         self.lengths[slot] = 0
         self.live[slot] = False
 
+    def length(self, slot: int) -> int:
+        """Positions ``slot`` holds."""
+        if not 0 <= slot < self.size:
+            raise GenerationError(f"slot {slot} does not exist; this state has slots 0..{self.size - 1}")
+        return self.lengths[slot]
+
     def free_slot(self) -> int | None:
         """The first free slot, or ``None`` when every slot is live."""
         return next((s for s, live in enumerate(self.live) if not live), None)
@@ -98,8 +104,8 @@ class TensorSlots(SlotState):
     """
 
     def __init__(self, signature: StepSignature, size: int, initial: Sequence[torch.Tensor],
-                 layout: str = "concat") -> None:
-        super().__init__(size)
+                 layout: str = "concat", capacity: int | None = None) -> None:
+        super().__init__(size, capacity)
         if layout not in ("concat", "ragged"):
             raise ValueError(f"layout must be 'concat' or 'ragged', not {layout!r}")
         self.signature, self.layout = signature, layout

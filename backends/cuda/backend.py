@@ -104,7 +104,7 @@ def build_runner(model: Model, cfg: Any, device: str) -> Runner:
     Works on a deep copy: the caller's module stays put.
     """
     sig = model.signature
-    if cfg.static_cache and sig.state_kind == "growing":
+    if cfg.static_cache and sig.state_kind == "growing" and sig.batch_first():
         from .static_cache import StaticCacheRunner
 
         max_len = static_length(model, cfg)
@@ -121,9 +121,10 @@ def build_runner(model: Model, cfg: Any, device: str) -> Runner:
         return StaticCacheRunner(module, sig, max_len=max_len, device=device, dtype=cfg.dtype,
                                  graphs=bool(cfg.cuda_graphs), inplace=inplace)
     if cfg.cuda_graphs:
+        layout = "" if sig.batch_first() else ", its batch dimension not first"
         raise UnsupportedOptionError(
             f"backend=cuda cuda_graphs=true needs the static KV cache of a model with growing state; model "
-            f"{model.name!r} has {sig.state_kind} state. Set backend.cuda_graphs=false.")
+            f"{model.name!r} has {sig.state_kind} state{layout}. Set backend.cuda_graphs=false.")
     from plugstack.backends.eager import EagerRunner
 
     return EagerRunner(copy.deepcopy(model.module), sig, device=device, dtype=cfg.dtype)
@@ -131,7 +132,7 @@ def build_runner(model: Model, cfg: Any, device: str) -> Runner:
 
 def static_length(model: Model, cfg: Any) -> int:
     """Positions a slot of the static cache holds: ``backend.max_cache_len``, or the context length."""
-    context = int(model.context_length or model.signature.meta.get("context_length") or 0)
+    context = int(model.context_length or 0)
     max_len = int(cfg.max_cache_len) or context
     if max_len <= 0:
         raise UnsupportedOptionError(

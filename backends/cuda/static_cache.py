@@ -31,7 +31,7 @@ import structlog
 import torch
 
 from plugstack.backend import Runner
-from plugstack.backends.eager import DTYPES
+from plugstack.backends.eager import DTYPES, feed_tensor
 from plugstack.errors import GenerationError
 from plugstack.signature import BATCH, FLOAT, StepSignature
 from plugstack.state import SlotState
@@ -48,22 +48,28 @@ class StaticSlots(SlotState):
 
 
 class _StepGraph:
-    """One captured step (CUDA) or its stand-in (other devices) over static tensors."""
+    """One captured step (CUDA) or its stand-in (other devices) over static tensors.
+
+    Built with the first step's inputs already in the static tensors: the warm-up runs
+    (which the CUDA graphs docs ask for: allocator pools, cuBLAS workspaces, lazy inits)
+    then write exactly what that step writes. The stand-in warms up too, so the CPU tests
+    exercise the same sequence of writes."""
 
     def __init__(self, step: Callable[[], list[torch.Tensor]], device: torch.device) -> None:
         self._step, self.graph, self.outputs = step, None, []
-        if device.type == "cuda":
-            # Warm up on a side stream (allocator pools, cuBLAS workspaces, lazy inits) as the
-            # CUDA graphs docs ask; the warm-up writes what the real step writes.
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    self._step()
-            torch.cuda.current_stream(device).wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.outputs = self._step()
+        if device.type != "cuda":
+            for _ in range(2):
+                self._step()
+            return
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._step()
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outputs = self._step()
 
     def replay(self) -> list[torch.Tensor]:
         if self.graph is None:
@@ -82,6 +88,8 @@ class StaticCacheRunner(Runner):
         if signature.state_kind != "growing" or (inplace is None and signature.mask is None):
             raise ValueError("StaticCacheRunner needs a signature with growing state, and a mask unless the "
                              "model offers an in-place step (Model.builders['torch.inplace_kv'])")
+        if not signature.batch_first():
+            raise ValueError("StaticCacheRunner slices its buffers by slot: the batch dimension must come first")
         self.signature, self.dtype = signature, dtype
         self.device, self.torch_dtype = torch.device(device), DTYPES[dtype]
         self.slot_capacity, self.graphs = int(max_len), graphs
@@ -133,7 +141,8 @@ class StaticCacheRunner(Runner):
         # Where each lane's new positions go; a lane the step skips parks one token after its prefix.
         starts = torch.tensor([state.lengths[b] for b in lanes], device=self.device)
         pos = starts[:, None] + torch.arange(new, device=self.device)[None, :]
-        feeds = {n: self._lanes(torch.as_tensor(inputs[n]).to(self.device), rows, lanes) for n in self._feeds}
+        feeds = {n: self._lanes(feed_tensor(inputs[n], self.signature.spec(n).dtype, self.device, self.torch_dtype),
+                                rows, lanes) for n in self._feeds}
         if slot is None:
             buffers = state.buffers
         else:
@@ -180,18 +189,19 @@ class StaticCacheRunner(Runner):
 
     def _replay(self, state: StaticSlots, feeds: dict[str, torch.Tensor], pos: torch.Tensor) -> list[Any]:
         found = self._graphs.get(state.size)
-        if found is None:
-            static = {n: torch.zeros_like(t) for n, t in feeds.items()}
-            static["__pos"] = torch.zeros_like(pos)
-            step_feeds = {n: static[n] for n in feeds}
-            graph = _StepGraph(lambda: self._run(step_feeds, state.buffers, static["__pos"]), self.device)
-            found = self._graphs[state.size] = (graph, static)
-            log.info("backend.static_cache.decode_graph", slots=state.size, max_len=self.slot_capacity,
-                     device=str(self.device), cuda_graph=graph.graph is not None)
-        graph, static = found
-        for n, t in feeds.items():
-            static[n].copy_(t)
-        static["__pos"].copy_(pos)
+        if found is not None:
+            graph, static = found
+            for n, t in feeds.items():
+                static[n].copy_(t)
+            static["__pos"].copy_(pos)
+            return graph.replay()
+        # This step's own inputs become the static tensors, so the warm-up writes what it writes.
+        static = {**{n: t.clone() for n, t in feeds.items()}, "__pos": pos.clone()}
+        step_feeds = {n: static[n] for n in feeds}
+        graph = _StepGraph(lambda: self._run(step_feeds, state.buffers, static["__pos"]), self.device)
+        self._graphs[state.size] = (graph, static)
+        log.info("backend.static_cache.decode_graph", slots=state.size, max_len=self.slot_capacity,
+                 device=str(self.device), cuda_graph=graph.graph is not None)
         return graph.replay()
 
     def close(self) -> None:

@@ -184,6 +184,8 @@ class OnnxBackend(Backend):
             why = "its graph concatenates its cache (the generic torch.onnx export does)"
         elif provider != "CPUExecutionProvider":
             why = f"the shared buffers are host memory, and the session runs on {provider}"
+        elif not model.signature.batch_first():
+            why = "the shared buffers are sliced by slot, and the signature's batch dimension is not first"
         else:
             return "concat" if wanted == "concat" else "shared"
         if wanted == "shared":

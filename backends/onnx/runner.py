@@ -150,6 +150,8 @@ class OnnxRunner(Runner):
             raise ValueError(f"shared KV buffers need a positive capacity, got {capacity}")
         if not self.graph.inplace_state:
             raise ValueError("this graph does not append its state in place (BuiltGraph.inplace_state)")
+        if not self.signature.batch_first():
+            raise ValueError("shared buffers are sliced by slot: the signature's batch dimension must come first")
         self.kv_cache, self.slot_capacity = "shared", int(capacity)
 
     def _np_dtype(self, spec_dtype: str) -> Any:
@@ -244,37 +246,40 @@ class OnnxRunner(Runner):
     def _step_shared(self, inputs: Mapping[str, Any], state: SharedKV, rows: list[int], new: int) -> dict:
         """One step with the KV cache appended in place to ``state``'s buffers (IOBinding)."""
         slot = rows[0] if len(rows) == 1 and state.size > 1 else None
-        lanes = rows if slot is not None else state.all_rows  # the rows the graph runs
-        parked = [] if len(rows) == len(lanes) else [b for b in lanes if b not in set(rows)]
+        lanes = rows if slot is not None else state.all_rows  # the rows the graph runs, in slot order
+        remap = slot is None and rows != lanes  # some slots skipped, or rows not in slot order
+        parked = [b for b in lanes if b not in set(rows)] if remap else []
         mask, lengths = state.mask, state.lengths
-        total = 0
-        for b in lanes:  # ones over each lane's prefix plus what this step writes there
-            end = lengths[b] + (1 if parked and b in parked else new)
+        ends = {b: lengths[b] + (1 if b in parked else new) for b in lanes}
+        for b, end in ends.items():  # ones over each lane's prefix plus what this step writes there
             mask[b, lengths[b] : end] = 1
-            total = max(total, end)
-        feed = {name: self._lanes(self._to_numpy(name, inputs[name]), rows, parked) for name in self._plain_feeds}
+        total = max(ends.values())
+        size = state.size if remap else None
+        feed = {name: self._lanes(self._to_numpy(name, inputs[name]), rows, size) for name in self._plain_feeds}
         if self.signature.mask in self._graph_inputs:
             rows_mask = mask[slot : slot + 1, :total] if slot is not None else mask[:, :total]
             feed[self.signature.mask] = rows_mask if rows_mask.flags.c_contiguous else np.ascontiguousarray(rows_mask)
         try:
             out = self._bound_run(self._bindings(state, slot), feed)
         except Exception as e:  # onnxruntime raises its own pybind exception types
+            for b, end in ends.items():
+                mask[b, lengths[b] : end] = 0  # nothing of this step is part of any row
             raise GenerationError(self._rejected(feed, e)) from e
-        finally:
-            for b in parked:
-                mask[b, lengths[b]] = 0  # the parked token is not part of the row
+        for b in parked:
+            mask[b, lengths[b]] = 0  # the parked token is not part of the row
         outputs = {}
         for name, array in out.items():
-            t = torch.from_numpy(array[rows] if parked else array)
+            t = torch.from_numpy(array[rows] if remap else array)
             outputs[name] = t.float() if array.dtype == np.float16 else t
         return outputs
 
     @staticmethod
-    def _lanes(value: np.ndarray, rows: list[int], parked: list[int]) -> np.ndarray:
-        """A feed for every slot from the stepped rows' own (zeros for parked slots)."""
-        if not parked:
+    def _lanes(value: np.ndarray, rows: list[int], lanes: int | None) -> np.ndarray:
+        """A feed for all ``lanes`` slots, in slot order, from the stepped rows' own (zeros
+        where parked); ``None``: the rows already are the slots in order."""
+        if lanes is None:
             return value
-        full = np.zeros((len(rows) + len(parked), *value.shape[1:]), dtype=value.dtype)
+        full = np.zeros((lanes, *value.shape[1:]), dtype=value.dtype)
         full[rows] = value
         return full
 

@@ -301,9 +301,25 @@ class BackendConformance:
         _assert_close(driver.feed([[9]], [1]), _after(runner, SHORT_PROMPT, [9]), self._slot_atol,
                       "a slot after steps of the other slots")
 
+    def test_rows_may_name_their_slots_in_any_order(self, runner: Runner, capabilities: set[str]) -> None:
+        self._need(capabilities, "batch")
+        driver = SlotDriver(runner, 2)
+        for slot, prompt in enumerate((PROMPT[:6], SHORT_PROMPT)):
+            driver.feed([prompt], [slot])
+        out = driver.feed([[4], [3]], [1, 0])  # row 0 goes to slot 1, row 1 to slot 0
+        _assert_close(out[0:1], _after(runner, SHORT_PROMPT, [4]), self._slot_atol, "row 0, stepping slot 1")
+        _assert_close(out[1:2], _after(runner, PROMPT[:6], [3]), self._slot_atol, "row 1, stepping slot 0")
+        _assert_close(driver.feed([[5], [6]]), torch_cat(_after(runner, PROMPT[:6], [3, 5]),
+                                                         _after(runner, SHORT_PROMPT, [4, 6])),
+                      self._slot_atol, "the step after, in slot order")
+
     def test_slot_errors_are_clear(self, runner: Runner) -> None:
         driver = SlotDriver(runner, 2)
         driver.feed([PROMPT[:3]], [0])
+        with pytest.raises(GenerationError, match="slot 5 does not exist"):
+            runner.state_length(driver.state, 5)
+        with pytest.raises(GenerationError, match="must be arrays"):
+            runner.run({"input_ids": [[1]], **_positions(runner, [[3]])}, driver.state, [0])
         with pytest.raises(GenerationError, match="already holds a sequence"):
             runner.admit(driver.state, 0, {"input_ids": _ids([[1]]), **_positions(runner, [[0]])})
         with pytest.raises(GenerationError, match="distinct slot numbers"):
@@ -388,6 +404,12 @@ def _ids(rows: list[list[int]]) -> Any:
 def _positions(runner: Runner, rows: list[list[int]]) -> dict[str, Any]:
     name = runner.signature.positions
     return {name: _ids(rows)} if name else {}
+
+
+def torch_cat(*parts: Any) -> Any:
+    import torch
+
+    return torch.cat(parts)
 
 
 def _after(runner: Runner, prompt: list[int], tokens: list[int]) -> Any:

@@ -104,14 +104,14 @@ class ModelConformance:
     # -- backends ----------------------------------------------------------------------
 
     def test_step_runs_on_cpu_and_onnx_with_agreeing_outputs(self, model: Model, onnx_cache: str) -> None:
-        from plugstack.backends.onnx.verify import compare
+        from plugstack.compare import compare_runners
         from plugstack.registry import create_backend
 
         cpu = create_backend("cpu").prepare(model)  # fp32: runs the model's own module, unchanged
         for graph in self.onnx_graphs:
             onnx = create_backend("onnx", cache_dir=onnx_cache, threads=1, graph=graph).prepare(model)
             try:
-                worst = compare(onnx, cpu, model)
+                worst = compare_runners(onnx, cpu, model)
             finally:
                 onnx.close()
             assert worst["max_scaled_diff"] <= self.tolerance, (
@@ -121,7 +121,7 @@ class ModelConformance:
 
     def test_state_round_trips(self, model: Model) -> None:
         from plugstack.backends.eager import EagerRunner
-        from plugstack.backends.onnx.verify import example_feeds
+        from plugstack.compare import example_feeds
 
         sig = model.signature
         if sig.new_axis is None:

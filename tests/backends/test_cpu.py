@@ -175,3 +175,33 @@ def test_a_mistyped_option_fails_at_composition():
 
     with pytest.raises(Exception, match=r"backend\.threads"):
         compose(["backend=cpu", "backend.threads=two"])
+
+
+def test_a_stateless_model_with_a_float_input_runs_in_bf16():
+    """A denoiser-like step (no state, a float input): the eager runner casts the input to
+    the compute dtype the signature's "float" asks for."""
+    import torch
+
+    from plugstack import Model, StepSignature, TensorSpec
+
+    class Denoise(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return (self.proj(x),)
+
+    sig = StepSignature(inputs=(TensorSpec("x", "float", ("batch", 4)),),
+                        outputs=(TensorSpec("y", "float", ("batch", 4)),))
+    module = Denoise()
+    model = Model(name="denoise", kind="denoiser", module=module, signature=sig,
+                  example_inputs=lambda: (torch.randn(2, 4),))
+    x = torch.randn(3, 4)
+    got = cpu(dtype="bf16").prepare(model).run({"x": x}).outputs["y"]
+    assert got.dtype == torch.float32 and got.shape == (3, 4)
+    assert (got - module(x)[0]).abs().max().item() < 5e-2
+    runner = cpu().prepare(model)
+    state = runner.new_state(3)
+    runner.run({"x": x}, state)
+    assert runner.state_length(state, 2) == 1  # steps taken, for a signature without new_axis

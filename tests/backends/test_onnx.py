@@ -174,7 +174,7 @@ def test_shared_kv_buffer_is_appended_in_place_and_sized_by_max_cache_len(tiny, 
     runner = OnnxBackend(onnx_cfg(cache_dir, graph="fused", max_cache_len=8)).prepare(tiny)
     assert runner.kv_cache == "shared" and runner.slot_capacity == 8 and not runner.cache_entry.built
     # A slot's buffer is the runner's context window: generation checks it before it starts.
-    with pytest.raises(GenerationError, match="context window is 8"):
+    with pytest.raises(GenerationError, match=r"one slot of the runner holds \(8 positions: raise backend.max_cache"):
         generate_ids(runner, [[5, 17, 99, 3, 42, 7]], SamplingParams(max_new_tokens=5))
     assert len(generate_ids(runner, [[5, 17, 99, 3, 42, 7]], SamplingParams(max_new_tokens=2))[0].token_ids) == 2
     prompt = [[5, 17, 99, 3, 42, 7]]

@@ -199,7 +199,9 @@ def test_model_registration_with_config_schema(plugin_dir):
     entry = reg.get("model", "toy-v1")
     assert entry.name == "toy" and entry.default_config().width == 8
     assert entry.create() == ("toy model", 8)
-    reg.store_schemas()
+    from plugstack.config import store_schemas
+
+    store_schemas(reg)
     from hydra.core.config_store import ConfigStore
 
     assert "plugstack_model_toy.yaml" in ConfigStore.instance().list("")
@@ -546,3 +548,38 @@ def test_register_plugin_under_a_taken_name_is_a_clash_and_the_first_keeps_worki
     assert reg.plugins["first"].status == "ok" and reg.names("backend") == ["first-chip"]
     (clash,) = [r for r in reg.plugins.values() if r.name.startswith("first (")]
     assert clash.status == "broken" and "already taken" in clash.error
+
+
+def test_runner_wrapper_forwards_flags_and_its_step_overrides_are_used():
+    import torch
+
+    import plugstack
+    from plugstack.testing import SlotDriver, tiny_decoder_model
+
+    model = tiny_decoder_model()
+    inner = plugstack.EagerRunner(model.module, model.signature)
+    inner.accepts_numpy, inner.uses_torch_threads = True, False
+
+    class Counting(plugstack.RunnerWrapper):
+        steps = 0
+
+        def step(self, inputs, state, rows, new):
+            self.steps += 1
+            return super().step(inputs, state, rows, new)
+
+    wrapped = Counting(inner)
+    assert (wrapped.accepts_numpy, wrapped.uses_torch_threads, wrapped.signature) == (True, False, inner.signature)
+    logits = SlotDriver(wrapped).feed([[1, 2, 3]])
+    assert wrapped.steps == 1 and torch.equal(logits, SlotDriver(inner).feed([[1, 2, 3]]))
+
+
+def test_create_backend_builds_a_registered_backend_with_checked_options():
+    import plugstack
+    from plugstack.errors import ConfigError
+
+    backend = plugstack.create_backend("cpu", threads=1, dtype="bf16")
+    assert (backend.cfg.threads, backend.cfg.dtype) == (1, "bf16")
+    with pytest.raises(ConfigError, match="threads"):
+        plugstack.create_backend("cpu", threads="many")
+    with pytest.raises(UnknownPluginError, match="Did you mean 'onnx'"):
+        plugstack.create_backend("onxx")

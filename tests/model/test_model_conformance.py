@@ -29,3 +29,19 @@ class TestTinyRecurrentModel(ModelConformance):
     @pytest.fixture(scope="class")
     def model(self):
         return tiny_recurrent_model()
+
+
+def test_a_models_context_length_is_one_value():
+    import dataclasses
+
+    from plugstack import Model, ModelLoadError
+    from plugstack.testing import tiny_decoder_model
+
+    base = tiny_decoder_model(context_length=48)
+    assert base.context_length == 48 and base.signature.meta["context_length"] == 48
+    bare = dataclasses.replace(base.signature, meta={})
+    fields = {"name": "m", "kind": "decoder", "module": base.module, "example_inputs": base.example_inputs}
+    assert Model(signature=bare, context_length=32, **fields).signature.meta["context_length"] == 32
+    assert Model(signature=dataclasses.replace(bare, meta={"context_length": 16}), **fields).context_length == 16
+    with pytest.raises(ModelLoadError, match="give one value"):
+        Model(signature=dataclasses.replace(bare, meta={"context_length": 16}), context_length=32, **fields)

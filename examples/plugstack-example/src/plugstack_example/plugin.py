@@ -31,7 +31,7 @@ class BigramConfig:
     #: Text file to count byte pairs from; null = the package's own sample text.
     corpus: Optional[str] = None
     #: Added to every pair's count, so pairs the text never shows keep some probability.
-    smoothing: float = 0.001
+    smoothing: float = 0.0001
 
 
 @dataclass
