@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from plugstack.backend import Runner
-from plugstack.errors import ModelLoadError, UnsupportedOptionError
-from plugstack.signature import BATCH, FLOAT, StepSignature
+from plugstack.errors import UnsupportedOptionError
+from plugstack.signature import FLOAT, StepSignature
 from plugstack.state import TensorSlots
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -55,12 +55,8 @@ class EagerRunner(Runner):
 
     def _empty(self, name: str) -> torch.Tensor:
         """One row's state tensor before the first step: no positions, or zeros when fixed-size."""
-        spec, axis = self.signature.spec(name), self.signature.state_axis
-        shape = [1 if d == BATCH else 0 if d == axis else d for d in spec.shape]
-        if any(isinstance(d, str) for d in shape):
-            raise ModelLoadError(f"the step signature's state tensor {name!r} has a dimension other than "
-                                 f"{BATCH!r} and state_axis left unsized: {list(spec.shape)}. Give it a fixed size.")
-        return torch.zeros(shape, dtype=self._dtype_of(spec.dtype), device=self.device)
+        shape = self.signature.state_shape(name, rows=1, positions=0)
+        return torch.zeros(shape, dtype=self._dtype_of(self.signature.spec(name).dtype), device=self.device)
 
     @torch.inference_mode()
     def step(self, inputs: Mapping[str, Any], state: TensorSlots, rows: list[int], new: int) -> dict[str, Any]:
@@ -70,8 +66,8 @@ class EagerRunner(Runner):
         for name in sig.input_names:
             if name in self._state_index:
                 args.append(past[self._state_index[name]])
-            elif name == sig.mask:  # no growing state: every new position is real
-                args.append(torch.ones(len(rows), new, dtype=torch.int64) if mask is None else mask.to(self.device))
+            elif name == sig.mask:
+                args.append(mask.to(self.device))
             else:
                 args.append(feed_tensor(inputs[name], sig.spec(name).dtype, self.device, self.torch_dtype))
         results = self.module(*args)

@@ -166,6 +166,17 @@ class StepSignature:
         raise KeyError(f"no input with a {BATCH!r} dimension among {sorted(inputs)}; "
                        f"this step needs {self.feed_inputs}")
 
+    def state_shape(self, name: str, rows: int, positions: int) -> list[int]:
+        """The shape of state input ``name`` for ``rows`` rows holding ``positions`` positions
+        along ``state_axis`` (ignored for fixed-size state)."""
+        shape = [rows if d == BATCH else positions if d == self.state_axis else d for d in self.spec(name).shape]
+        if any(isinstance(d, str) for d in shape):
+            from .errors import ModelLoadError
+
+            raise ModelLoadError(f"the step signature's state tensor {name!r} leaves a dimension other than "
+                                 f"{BATCH!r} and state_axis unsized: {list(self.spec(name).shape)}. Give it a size.")
+        return shape
+
     def spec(self, name: str) -> TensorSpec:
         for t in self.inputs + self.outputs:
             if t.name == name:

@@ -87,6 +87,15 @@ class SlotState:
             raise GenerationError(f"slot {slot} does not exist; this state has slots 0..{self.size - 1}")
         return self.lengths[slot]
 
+    def lanes(self, rows: list[int]) -> tuple[int | None, bool]:
+        """How a step of ``rows`` runs on buffers preallocated for every slot: ``(slot, remap)``.
+        One row of a larger state runs on that slot's rows of the buffers (``slot``); any
+        other step runs every slot in slot order, and ``remap`` says the rows are not exactly
+        that (some slots skipped, which then park a token past their prefix, or another order)."""
+        if len(rows) == 1 and self.size > 1:
+            return rows[0], False
+        return None, rows != self.all_rows
+
     def free_slot(self) -> int | None:
         """The first free slot, or ``None`` when every slot is live."""
         return next((s for s, live in enumerate(self.live) if not live), None)
@@ -120,20 +129,19 @@ class TensorSlots(SlotState):
         self.tensors[slot] = list(self._initial)
 
     def gather(self, rows: Sequence[int], new: int) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """The state inputs of a step over ``rows`` and, for growing state, its mask
-        ``[rows, longest + new]`` (int64, 1 = a real position)."""
+        """The state inputs of a step over ``rows`` and, when the signature has a ``mask``,
+        the mask (int64, 1 = a real position): ``[rows, longest + new]`` for growing state,
+        ``[rows, new]`` (all real) otherwise."""
         import torch
 
         if len(rows) == 1:
-            length = self.lengths[rows[0]]
-            mask = torch.ones(1, length + new, dtype=torch.int64) if self.signature.state_axis else None
-            return list(self.tensors[rows[0]]), mask
+            return list(self.tensors[rows[0]]), self._mask(rows, self.lengths[rows[0]], new)
         longest = max(self.lengths[s] for s in rows)
         past = []
         for i, (b_ax, s_ax) in enumerate(zip(self._batch_axis, self._state_axis, strict=True)):
             parts = [self._padded(self.tensors[s][i], s_ax, longest - self.lengths[s]) for s in rows]
             past.append(torch.cat(parts, dim=b_ax))
-        return past, self._mask(rows, longest, new) if self.signature.state_axis else None
+        return past, self._mask(rows, longest, new)
 
     @staticmethod
     def _padded(t: torch.Tensor, axis: int | None, pad: int) -> torch.Tensor:
@@ -145,9 +153,15 @@ class TensorSlots(SlotState):
         shape[axis] = pad
         return torch.cat([t, t.new_zeros(shape)], dim=axis)
 
-    def _mask(self, rows: Sequence[int], longest: int, new: int) -> torch.Tensor:
+    def _mask(self, rows: Sequence[int], longest: int, new: int) -> torch.Tensor | None:
         import torch
 
+        if self.signature.mask is None:
+            return None
+        if not self.signature.state_axis:  # nothing cached: every new position is real
+            return torch.ones(len(rows), new, dtype=torch.int64)
+        if len(rows) == 1:
+            return torch.ones(1, longest + new, dtype=torch.int64)
         lengths = torch.tensor([self.lengths[s] for s in rows])[:, None]
         cols = torch.arange(longest + new)[None, :]
         if self.layout == "ragged":

@@ -118,16 +118,14 @@ class StaticCacheRunner(Runner):
         return state
 
     def _allocate(self, name: str, slots: int) -> torch.Tensor:
-        spec, axis = self.signature.spec(name), self.signature.state_axis
-        shape = [slots if d == BATCH else self.slot_capacity + 1 if d == axis else d for d in spec.shape]
-        if any(isinstance(d, str) for d in shape):
-            raise ValueError(f"cannot size state tensor {name!r}: unknown dim in {spec.shape}")
+        spec = self.signature.spec(name)
+        shape = self.signature.state_shape(name, slots, self.slot_capacity + 1)  # + the parking position
         dtype = self.torch_dtype if spec.dtype == FLOAT else getattr(torch, spec.dtype)
         return torch.zeros(shape, dtype=dtype, device=self.device)
 
     def steps_together(self, state: SlotState, rows: list[int], new: int) -> bool:
-        # Several tokens on some slots: one slot at a time, through its views.
-        return new == 1 or len(rows) == 1 or rows == state.all_rows
+        # Several tokens cannot be parked: a step that remaps slots goes one slot at a time.
+        return new == 1 or not state.lanes(rows)[1]
 
     # -- one step ---------------------------------------------------------------------
 
@@ -136,13 +134,14 @@ class StaticCacheRunner(Runner):
         if self.graphs and self._live.get(state.size) is not state:
             raise GenerationError(f"this state ({state.size} slots) was replaced by a later new_state({state.size}): "
                                   f"with cuda_graphs one state per number of slots is live at a time")
-        slot = rows[0] if len(rows) == 1 and state.size > 1 else None
-        lanes = rows if slot is not None else state.all_rows  # the rows the module runs
+        slot, remap = state.lanes(rows)
+        lanes = rows if slot is not None else state.all_rows  # the rows the module runs, in slot order
         # Where each lane's new positions go; a lane the step skips parks one token after its prefix.
         starts = torch.tensor([state.lengths[b] for b in lanes], device=self.device)
         pos = starts[:, None] + torch.arange(new, device=self.device)[None, :]
+        size = state.size if remap else None
         feeds = {n: self._lanes(feed_tensor(inputs[n], self.signature.spec(n).dtype, self.device, self.torch_dtype),
-                                rows, lanes) for n in self._feeds}
+                                rows, size) for n in self._feeds}
         if slot is None:
             buffers = state.buffers
         else:
@@ -154,14 +153,15 @@ class StaticCacheRunner(Runner):
         names = [n for n in self.signature.output_names if n not in self._state_out]
         outputs = {n: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype, copy=True)
                    for n, v in zip(names, outs, strict=True)}
-        return outputs if lanes is rows or lanes == rows else {n: v[rows] for n, v in outputs.items()}
+        return {n: v[rows] for n, v in outputs.items()} if remap else outputs
 
     @staticmethod
-    def _lanes(value: torch.Tensor, rows: list[int], lanes: list[int]) -> torch.Tensor:
-        """A feed for the module's rows ``lanes`` from the rows' own (zeros for parked rows)."""
-        if lanes is rows or lanes == rows:
+    def _lanes(value: torch.Tensor, rows: list[int], lanes: int | None) -> torch.Tensor:
+        """A feed for all ``lanes`` slots, in slot order, from the stepped rows' own (zeros
+        where parked); ``None``: the rows already are the slots in order."""
+        if lanes is None:
             return value
-        full = value.new_zeros((len(lanes), *value.shape[1:]))
+        full = value.new_zeros((lanes, *value.shape[1:]))
         full[rows] = value
         return full
 

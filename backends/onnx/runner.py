@@ -166,12 +166,9 @@ class OnnxRunner(Runner):
         return TensorSlots(self.signature, slots, initial, layout=self.graph.state_layout)
 
     def _empty(self, name: str, *, rows: int, positions: int) -> np.ndarray:
-        spec, axis = self.signature.spec(name), self.signature.state_axis
-        shape = [rows if d == "batch" else positions if d == axis else d for d in spec.shape]
-        if any(isinstance(d, str) for d in shape):
-            raise ValueError(f"cannot size state tensor {name!r}: unknown dim in {spec.shape}")
+        shape = self.signature.state_shape(name, rows, positions)
         # np.zeros maps fresh zero pages: untouched capacity costs address space, not RAM.
-        return np.zeros(shape, dtype=self._np_dtype(spec.dtype))
+        return np.zeros(shape, dtype=self._np_dtype(self.signature.spec(name).dtype))
 
     def _new_shared(self, slots: int) -> SharedKV:
         with self._spare_lock:  # two threads must never take the same buffers
@@ -190,8 +187,8 @@ class OnnxRunner(Runner):
             return False
         if len(rows) < 2 or new < 2:
             return True
-        if isinstance(state, SharedKV) and rows != state.all_rows:
-            return False  # a multi-token step of some slots: one slot at a time, through its views
+        if isinstance(state, SharedKV) and state.lanes(rows)[1]:
+            return False  # several tokens cannot be parked: one slot at a time, through its views
         return self.graph.multi_row_chunks or not any(state.lengths[s] for s in rows)
 
     # -- one step ---------------------------------------------------------------------
@@ -221,7 +218,7 @@ class OnnxRunner(Runner):
             if name in self._state_index:
                 feed[name] = self._to_numpy(name, past[self._state_index[name]])
             elif name == self.signature.mask:
-                feed[name] = np.ones((len(rows), new), np.int64) if mask is None else mask.numpy()
+                feed[name] = mask.numpy()
             else:
                 feed[name] = self._to_numpy(name, inputs[name])
         try:
@@ -245,9 +242,8 @@ class OnnxRunner(Runner):
 
     def _step_shared(self, inputs: Mapping[str, Any], state: SharedKV, rows: list[int], new: int) -> dict:
         """One step with the KV cache appended in place to ``state``'s buffers (IOBinding)."""
-        slot = rows[0] if len(rows) == 1 and state.size > 1 else None
+        slot, remap = state.lanes(rows)
         lanes = rows if slot is not None else state.all_rows  # the rows the graph runs, in slot order
-        remap = slot is None and rows != lanes  # some slots skipped, or rows not in slot order
         parked = [b for b in lanes if b not in set(rows)] if remap else []
         mask, lengths = state.mask, state.lengths
         ends = {b: lengths[b] + (1 if b in parked else new) for b in lanes}
