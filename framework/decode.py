@@ -79,22 +79,25 @@ class GenerationResult:
 # -- checks before anything runs -------------------------------------------------------------
 
 
-def context_window(runner: Runner, explicit: int | None = None) -> int | None:
-    """Positions a sequence may reach: ``explicit``, else the model's ``context_length``
-    meta, capped by what one slot of the runner holds (``Runner.slot_capacity``)."""
-    value = explicit if explicit is not None else runner.signature.meta.get("context_length")
+def context_window(runner: Runner, explicit: int | None = None) -> tuple[int | None, str]:
+    """Positions a sequence may reach, and what sets them (for messages): ``explicit``, else
+    the model's ``context_length`` meta, capped by what one slot of the runner holds
+    (``Runner.slot_capacity``)."""
+    model = explicit if explicit is not None else runner.signature.meta.get("context_length")
     cap = getattr(runner, "slot_capacity", None)  # (getattr: duck-typed runners lack it)
-    limits = [int(v) for v in (value, cap) if v]
-    return min(limits) if limits else None
+    if cap and (not model or int(cap) < int(model)):
+        fix = f"raise backend.max_cache_len, up to {model}" if model else "raise backend.max_cache_len"
+        return int(cap), f"what one slot of the runner holds ({cap} positions: {fix})"
+    return (int(model) if model else None), "the model's context window"
 
 
-def window_name(runner: Runner, ctx: int | None) -> str:
-    """What sets the window ``ctx``, for messages: the model, or the runner's slots."""
-    cap = getattr(runner, "slot_capacity", None)
-    model = runner.signature.meta.get("context_length")
-    if cap and ctx == cap and (not model or cap < int(model)):
-        return f"what one slot of the runner holds ({cap} positions: raise backend.max_cache_len, up to {model})"
-    return "the model's context window"
+def checked_request(runner: Runner, prompt_ids: Sequence[Sequence[int]], params: SamplingParams | None, *,
+                    context_length: int | None, truncate: bool) -> tuple[list[list[int]], SamplingParams, int | None]:
+    """A request as the loop runs it: the prompts fitted to the context window (see
+    :func:`fit_prompts`), the validated parameters, and the window."""
+    params = (params or SamplingParams()).validate()
+    ctx, window = context_window(runner, context_length)
+    return fit_prompts(prompt_ids, params.max_new_tokens, ctx, truncate, window), params, ctx
 
 
 def check_decoder(runner: Runner) -> None:
@@ -375,9 +378,8 @@ def generate_ids(
     :class:`GenerationError`, or is cut to its tail when ``truncate`` is true.
     ``on_token(row, token)`` may return True to end that row. Results have empty ``text``.
     """
-    params = (params or SamplingParams()).validate()
-    ctx = context_window(runner, context_length)
-    prompts = fit_prompts(prompt_ids, params.max_new_tokens, ctx, truncate, window_name(runner, ctx))
+    prompts, params, ctx = checked_request(runner, prompt_ids, params, context_length=context_length,
+                                           truncate=truncate)
     loop = decode_loop(runner, prompts, params, eos_ids=eos_ids, context_length=ctx, on_token=on_token)
     return drain(loop)
 

@@ -15,16 +15,7 @@ from __future__ import annotations
 from collections.abc import Generator, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from .decode import (
-    GenerationResult,
-    Timings,
-    context_window,
-    decode_loop,
-    drain,
-    fit_prompts,
-    generate_ids,
-    window_name,
-)
+from .decode import GenerationResult, Timings, checked_request, decode_loop, drain, generate_ids
 from .detokenize import TextAssembler
 from .errors import GenerationError
 from .sampling import SamplingParams
@@ -96,9 +87,8 @@ def generate(
     of a row ends at an EOS token of ``tokenizer``, at a stop string (cut from the text),
     after ``params.max_new_tokens`` tokens or at the context window.
     """
-    params = (params or SamplingParams()).validate()
-    ctx = context_window(runner, context_length)
-    ids = fit_prompts(_encode(tokenizer, prompts), params.max_new_tokens, ctx, truncate, window_name(runner, ctx))
+    ids, params, ctx = checked_request(runner, _encode(tokenizer, prompts), params, context_length=context_length,
+                                       truncate=truncate)
     return drain(_text_loop(runner, tokenizer, ids, params, ctx))
 
 
@@ -151,7 +141,6 @@ def stream(
     """
     if not isinstance(prompt, str):
         raise GenerationError(f"prompt must be a string, got {type(prompt).__name__}: use generate() for a batch.")
-    params = (params or SamplingParams()).validate()
-    ctx = context_window(runner, context_length)
-    ids = fit_prompts(_encode(tokenizer, [prompt]), params.max_new_tokens, ctx, truncate, window_name(runner, ctx))
+    ids, params, ctx = checked_request(runner, _encode(tokenizer, [prompt]), params, context_length=context_length,
+                                       truncate=truncate)
     return TextStream(_text_loop(runner, tokenizer, ids, params, ctx))
