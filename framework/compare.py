@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .backend import Runner
     from .model import Model
 
-__all__ = ["centred_cosine", "compare_runners", "example_feeds", "script"]
+__all__ = ["centred_cosine", "compare_runners", "example_feeds", "example_inputs", "script"]
 
 
 def centred_cosine(have: torch.Tensor, want: torch.Tensor) -> float:
@@ -29,21 +29,28 @@ def centred_cosine(have: torch.Tensor, want: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-12).min())
 
 
+def example_inputs(model: Model, *, batch: int, seq: int, past: int) -> tuple[torch.Tensor, ...]:
+    """``model.example_inputs`` of those sizes, all inputs in signature order. A model whose
+    example takes no sizes gives its one fixed example, which only a step without
+    ``new_axis`` may do (:class:`ModelLoadError` otherwise)."""
+    try:
+        return tuple(model.example_inputs(batch=batch, seq=seq, past=past))
+    except TypeError:
+        if model.signature.new_axis is not None:
+            raise ModelLoadError(
+                f"model {model.name!r}: example_inputs() takes no batch/seq/past sizes, but its step has "
+                f"new_axis={model.signature.new_axis!r}: accept example_inputs(batch=, seq=, past=) (see "
+                f"README, 'Writing a model plugin').") from None
+        return tuple(model.example_inputs())
+
+
 def example_feeds(model: Model, rows: int, new: int, starts: list[int]) -> dict[str, torch.Tensor]:
     """Feed inputs from ``model.example_inputs`` for ``rows`` rows of ``new`` positions
     appended after ``starts[i]`` positions (the signature's ``positions`` input follows them)."""
     import torch
 
     sig = model.signature
-    try:
-        values = model.example_inputs(batch=rows, seq=new, past=0)
-    except TypeError:  # a model whose example takes no sizes: one fixed example, for stateless items only
-        if sig.new_axis is not None:
-            raise ModelLoadError(
-                f"model {model.name!r}: example_inputs() takes no batch/seq/past sizes, but its step has "
-                f"new_axis={sig.new_axis!r}: accept example_inputs(batch=, seq=, past=) (see README, "
-                f"'Writing a model plugin').") from None
-        values = model.example_inputs()
+    values = example_inputs(model, batch=rows, seq=new, past=0)
     feeds = {n: v for n, v in zip(sig.input_names, values, strict=True) if n in sig.feed_inputs}
     if sig.positions:
         feeds[sig.positions] = torch.tensor([list(range(s, s + new)) for s in starts])

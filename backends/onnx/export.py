@@ -19,6 +19,7 @@ import structlog
 import torch
 from torch import nn
 
+from plugstack.compare import example_inputs
 from plugstack.errors import ModelLoadError
 from plugstack.model import Model
 from plugstack.signature import StepSignature
@@ -47,14 +48,6 @@ def untie_parameters(module: nn.Module) -> int:
             else:
                 seen[id(p)] = p
     return untied
-
-
-def _example_inputs(model: Model) -> tuple[torch.Tensor, ...]:
-    # Every dynamic dim >= 2, or the exporter specialises it to a constant 0/1.
-    try:
-        return tuple(model.example_inputs(batch=2, seq=3, past=2))
-    except TypeError:
-        return tuple(model.example_inputs())
 
 
 def _dynamic_shapes(signature: StepSignature, n_positional: int) -> tuple:
@@ -113,7 +106,8 @@ def export_step(model: Model, path: Path, *, opset: int, dtype: str = "fp32") ->
     for p in module.parameters():
         p.requires_grad_(False)
     untied = untie_parameters(module)
-    inputs = _example_inputs(model)
+    # Every dynamic dim >= 2, or the exporter specialises it to a constant 0/1.
+    inputs = example_inputs(model, batch=2, seq=3, past=2)
     inputs = tuple(t.to(TORCH_DTYPES[dtype]) if t.is_floating_point() else t for t in inputs)
     if len(inputs) != len(signature.inputs):
         raise ModelLoadError(

@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from plugstack.compare import example_inputs
 from plugstack.model import Model
 from plugstack.signature import FLOAT
 
@@ -73,7 +74,7 @@ class ModelConformance:
         import torch
 
         sig = model.signature
-        inputs = _examples(model, batch=2, seq=3, past=2)
+        inputs = example_inputs(model, batch=2, seq=3, past=2)
         assert len(inputs) == len(sig.inputs), (
             f"example_inputs gives {len(inputs)} tensors for the signature's {len(sig.inputs)} inputs")
         with torch.inference_mode():
@@ -92,7 +93,7 @@ class ModelConformance:
         sig = model.signature
         if sig.state_kind != "growing":
             pytest.skip(f"the model's state is {sig.state_kind}, not growing")
-        inputs = _examples(model, batch=2, seq=3, past=2)
+        inputs = example_inputs(model, batch=2, seq=3, past=2)
         with torch.inference_mode():
             outputs = dict(zip(sig.output_names, model.module(*inputs), strict=True))
         by_name = dict(zip(sig.input_names, inputs, strict=True))
@@ -163,13 +164,6 @@ class ModelConformance:
         schema = OmegaConf.structured(type(config))
         again = OmegaConf.to_object(OmegaConf.merge(schema, OmegaConf.create(OmegaConf.to_yaml(config))))
         assert again == config, f"{config!r} comes back from YAML as {again!r}"
-
-
-def _examples(model: Model, **sizes: int) -> tuple[Any, ...]:
-    try:
-        return tuple(model.example_inputs(**sizes))
-    except TypeError:
-        return tuple(model.example_inputs())
 
 
 def _check_tensor(spec: Any, value: Any, dims: dict[str, int], model: Model) -> None:
