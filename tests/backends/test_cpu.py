@@ -205,3 +205,25 @@ def test_a_stateless_model_with_a_float_input_runs_in_bf16():
     state = runner.new_state(3)
     runner.run({"x": x}, state)
     assert runner.state_length(state, 2) == 1  # steps taken, for a signature without new_axis
+
+
+def test_model_author_mistakes_are_clear_model_load_errors():
+    """A state dimension left unsized, and sizeless example inputs for a model with new_axis."""
+    import dataclasses
+
+    import torch
+
+    from plugstack import ModelLoadError, StepSignature, TensorSpec
+    from plugstack.compare import example_inputs
+    from plugstack.testing import tiny_recurrent_model
+
+    sig = StepSignature(
+        inputs=(TensorSpec("ids", "int64", ("batch", "seq")), TensorSpec("h", "float", ("batch", "width"))),
+        outputs=(TensorSpec("logits", "float32", ("batch", 4)), TensorSpec("h2", "float", ("batch", "width"))),
+        state=(("h", "h2"),), new_axis="seq")
+    with pytest.raises(ModelLoadError, match=r"state tensor 'h' leaves a dimension .* unsized: \['batch', 'width'\]"):
+        sig.state_shape("h", rows=1, positions=0)
+    model = tiny_recurrent_model()
+    sizeless = dataclasses.replace(model, example_inputs=lambda: (torch.zeros(2, 3, dtype=torch.int64),))
+    with pytest.raises(ModelLoadError, match=r"example_inputs\(\) takes no batch/seq/past sizes"):
+        example_inputs(sizeless, batch=2, seq=3, past=2)
