@@ -1,0 +1,42 @@
+"""The bad-input matrix's shared runner: the `plugstack` command as a user runs it, and the
+one promise every row checks (exit code, no traceback, stderr names the problem)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+BIN = Path(sys.executable).with_name("plugstack")
+TRACEBACK = "Traceback (most recent call last)"
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def run(argv: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
+        timeout: float = 300, stdin: str | None = None) -> Result:
+    """Run ``plugstack argv`` in a fresh process; ``env`` is added to this one's."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    done = subprocess.run([str(BIN), *argv], capture_output=True, text=True, env=full_env, cwd=cwd,
+                          timeout=timeout, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL)
+    return Result(done.returncode, done.stdout, done.stderr)
+
+
+def check(result: Result, code: int, says: Sequence[str] = ()) -> None:
+    """The promise: exit ``code``, no traceback, and stderr says each of ``says`` (a user's
+    mistake, code 2, is one ``plugstack: error:`` line)."""
+    tail = result.stderr[-3000:]
+    assert result.code == code, f"exit {result.code}, expected {code}\n{tail}"
+    assert TRACEBACK not in result.stderr, tail
+    for phrase in says:
+        assert phrase in result.stderr, f"stderr does not say {phrase!r}\n{tail}"
+    if code == 2:
+        assert "plugstack: error: " in result.stderr, tail
