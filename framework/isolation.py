@@ -29,10 +29,13 @@ from typing import Any
 
 import pluggy
 
-__all__ = ["OnError", "PluginProxy", "Producers", "acting_plugin", "track_producers"]
+__all__ = ["CONTAINED", "OnError", "PluginProxy", "Producers", "acting_plugin", "track_producers"]
 
 #: ``on_error(plugin, hook, error)``: told about a failed implementation; may raise.
-OnError = Callable[[str, str, Exception], None]
+OnError = Callable[[str, str, BaseException], None]
+#: What a plugin may raise without taking the process down (a stray ``sys.exit`` included;
+#: Ctrl-C still stops everything).
+CONTAINED = (Exception, SystemExit)
 
 _acting: ContextVar[str | None] = ContextVar("plugstack_acting_plugin", default=None)
 _producers: ContextVar[Producers | None] = ContextVar("plugstack_producers", default=None)
@@ -113,7 +116,7 @@ def _guard_plain(fn: Callable[..., Any], plugin: str, hook: str, on_error: OnErr
         try:
             with _acting_as(plugin):
                 result = fn(*args, **kwargs)
-        except Exception as exc:
+        except CONTAINED as exc:
             on_error(plugin, hook, exc)
             return None  # pluggy drops None: the other plugins' results stand
         producers = _producers.get()
@@ -165,7 +168,7 @@ def _start(fn, args, kwargs, plugin: str, hook: str, on_error: OnError) -> Gener
         return gen
     except StopIteration:
         on_error(plugin, hook, RuntimeError("the wrapper returned without yielding"))
-    except Exception as exc:
+    except CONTAINED as exc:
         on_error(plugin, hook, exc)
     return None
 
@@ -177,7 +180,7 @@ def _send(gen: Generator, inner: Any, plugin: str, hook: str, on_error: OnError)
             gen.send(inner)
     except StopIteration as stop:
         return stop.value
-    except Exception as exc:
+    except CONTAINED as exc:
         on_error(plugin, hook, exc)
         return inner
     _second_yield(gen, plugin, hook, on_error)
@@ -192,7 +195,7 @@ def _throw(gen: Generator, error: BaseException, plugin: str, hook: str, on_erro
             gen.throw(error)
     except StopIteration as stop:
         return stop.value
-    except Exception as exc:
+    except CONTAINED as exc:
         if exc is error:
             raise  # re-raised as it came: not this wrapper's fault
         on_error(plugin, hook, exc)
@@ -208,7 +211,7 @@ def _send_outcome(gen: Generator, outcome: pluggy.Result, plugin: str, hook: str
             gen.send(outcome)
     except StopIteration:
         return
-    except Exception as exc:
+    except CONTAINED as exc:
         if exc is outcome.exception:
             raise  # outcome.get_result() re-raised the inner error: pluggy's own behaviour
         on_error(plugin, hook, exc)

@@ -30,6 +30,7 @@ import pluggy
 import structlog
 
 from . import hookspecs
+from .discovery import ImportFailed, StdoutGuard, import_plugin, import_timeout
 from .entries import Entry, PluginRecord
 from .errors import DuplicatePluginError, PluginError, UnknownPluginError
 from .isolation import PluginProxy, acting_plugin, track_producers
@@ -78,7 +79,7 @@ class _Failure:
 
     plugin: str
     hook: str
-    error: Exception
+    error: BaseException
 
     def error_text(self) -> str:
         return f"{type(self.error).__name__}: {self.error}"
@@ -118,10 +119,16 @@ class Registry:
         self._aliases: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
         if entry_points is None:
             entry_points = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
-        # Built-ins first (a stable sort): a third-party name clashing with one is the loser.
-        for ep in sorted(entry_points, key=lambda ep: _distribution(ep) != BUILTIN_DISTRIBUTION):
-            self._load_entry_point(ep)
-        self._run_registration_hooks({kind: getattr(self.pm.hook, hook) for kind, hook in KINDS.items()})
+        self._import_timeout = import_timeout()
+        self._stdout = StdoutGuard(acting_plugin)
+        with self._stdout.installed():
+            # Built-ins first (a stable sort): a third-party name clashing with one is the loser.
+            for ep in sorted(entry_points, key=lambda ep: _distribution(ep) != BUILTIN_DISTRIBUTION):
+                self._load_entry_point(ep)
+            self._run_registration_hooks({kind: getattr(self.pm.hook, hook) for kind, hook in KINDS.items()})
+        for plugin, chars in self._stdout.printed.items():
+            log.warning("plugin.printed", plugin=plugin, chars=chars,
+                        hint="stdout carries plugstack's output, so it was moved to stderr; plugins should log")
 
     # -- discovery -------------------------------------------------------------------
 
@@ -138,11 +145,14 @@ class Registry:
         if self.pm.is_blocked(ep.name):
             record.status = "disabled"  # never imported
             return
+        self._stdout.current = record.name
         try:
-            module = ep.load()
-        except Exception as exc:
-            self._break(record, f"import failed: {type(exc).__name__}: {exc}", exc)
+            module = import_plugin(ep.load, ep.name, self._import_timeout)
+        except ImportFailed as exc:
+            self._break(record, str(exc), exc.__cause__ or exc)
             return
+        finally:
+            self._stdout.current = None
         self._register(module, record)
 
     def _claim(self, record: PluginRecord) -> bool:
@@ -286,7 +296,7 @@ class Registry:
             raise failures[0].fatal() from failures[0].error
         return result, failures
 
-    def _hook_failed(self, plugin: str, hook: str, error: Exception) -> None:
+    def _hook_failed(self, plugin: str, hook: str, error: BaseException) -> None:
         """Every guard's ``on_error``: note the failure for ``_call``; raise if strict."""
         failure = _Failure(plugin, hook, error)
         failures = _failures.get()
