@@ -54,6 +54,8 @@ class RunContext:
         if self._model is None:
             if self._load_model is None:
                 raise RuntimeError("this run context has no model")
+            if self._make_backend is not None:
+                _ = self.backend  # an unavailable backend fails before the (slow) model load
             self._model = self._load_model()
         return self._model
 

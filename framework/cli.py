@@ -10,12 +10,16 @@ stdout carries only an application's (or a listing's) output; logs go to stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Iterator, Sequence
 
 from . import logs
-from .errors import PlugstackError
+from .errors import PlugstackError, Terminated
 
 __all__ = ["main"]
 
@@ -132,15 +136,42 @@ def _run_hydra(argv: Sequence[str]) -> int:
     @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="config", version_base="1.3")
     def _task(cfg: DictConfig) -> None:
         _exit_codes.append(execute(cfg))
+        if _exit_codes[-1] in (130, 143):
+            raise KeyboardInterrupt  # stop a sweep too, not only this job
 
     _exit_codes.clear()
-    saved = sys.argv
+    saved = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     sys.argv = ["plugstack", *argv]
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing and exiting 1
     try:
         _task()
+    except KeyboardInterrupt:
+        return max(_exit_codes, default=130)
+    except Exception as exc:
+        return _failure(exc)
     finally:
-        sys.argv = saved
+        sys.argv = saved[0]
+        if saved[1] is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved[1]
     return max(_exit_codes, default=0)
+
+
+def _failure(exc: Exception) -> int:
+    """An error raised outside a run (composition, run directory): the user's mistake or
+    the machine's (exit 2, one line), else a bug (exit 1, with the traceback to report)."""
+    from .config import explain
+    from .run import environment_error
+
+    if isinstance(exc, PlugstackError):
+        return _fail(str(exc))
+    explained = explain(exc) or (environment_error(exc) if isinstance(exc, OSError) else None)
+    if explained is not None:
+        return _fail(str(explained))
+    traceback.print_exception(exc)
+    return _fail(f"internal error ({type(exc).__name__}: {exc}). This is a bug in plugstack or a plugin: "
+                 "please report it with the traceback above.", code=1)
 
 
 def _group_lines(loader, parent: str = "") -> list[str]:
@@ -188,22 +219,60 @@ def _help(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in SUBCOMMANDS:
-        logs.configure("console", "WARNING")
-        return _subcommand(argv)
     logs.configure("console", "WARNING")  # until the run's own settings apply
-    try:
-        from .config import check_choices, prepare_hydra
+    with _sigterm_as_interrupt():
+        if argv and argv[0] in SUBCOMMANDS:
+            return _subcommand(argv)
+        try:
+            from .config import check_choices, prepare_hydra
 
-        prepare_hydra()
-        check_choices(_overrides(argv))
-        if "--help" in argv or "-h" in argv:
-            return _help(argv)
-    except PlugstackError as exc:
-        return _fail(str(exc))
-    return _run_hydra(argv)
+            prepare_hydra()
+            check_choices(_overrides(argv))
+            if "--help" in argv or "-h" in argv:
+                return _help(argv)
+        except PlugstackError as exc:
+            return _fail(str(exc))
+        return _run_hydra(argv)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops a run the way Ctrl-C does: finished work kept, ``run.json`` written."""
+
+    def _raise(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _safe_stdout() -> None:
+    """A stdout that cannot encode some characters prints them as ``?`` instead of failing."""
+    encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "")
+    if encoding and encoding != "utf8" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")
+        print(f"plugstack: note: stdout's encoding is {sys.stdout.encoding}: characters it cannot show "
+              "print as '?' (set PYTHONIOENCODING=utf-8 to keep them).", file=sys.stderr)
 
 
 def entry_point() -> None:
-    """Console-script entry: exit with the run's code."""
-    sys.exit(main())
+    """Console-script entry: exit with the run's code; Ctrl-C outside a run exits 130
+    quietly; a closed stdout (``| head``) exits 141 without a traceback."""
+    _safe_stdout()
+    try:
+        code = main()
+        sys.stdout.flush()
+    except KeyboardInterrupt as exc:
+        code = 143 if isinstance(exc, Terminated) else 130
+    except BrokenPipeError:
+        code = 141
+    if code == 141:  # nothing more can reach the reader; keep the interpreter's final flush quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(code)

@@ -172,3 +172,77 @@ def compose(overrides: Sequence[str] = ()) -> Any:
     check_choices(overrides)
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+# -- configuration errors as the user's mistakes ------------------------------------------
+
+
+def _plugins_with(kind: str, cls: type | None = None, key: str | None = None) -> list[str]:
+    """Names of ``kind`` plugins whose config is (a subclass of) ``cls``, or has ``key``."""
+    from .registry import get_registry
+
+    names = []
+    for entry in get_registry().entries(kind):
+        config = entry.config
+        if config is None:
+            continue
+        if (cls is not None and issubclass(cls, config)) or (key is not None and _has_field(config, key)):
+            names.append(entry.name)
+    return names
+
+
+def _has_field(cls: type, key: str) -> bool:
+    return key in {f.name for f in dataclasses.fields(cls)}
+
+
+def unknown_option(group: str, choice: str, key: str, cls: type) -> ConfigError:
+    """``app.max_tokns`` (or ``+app.max_tokens``): the group's plugin has no such option."""
+    fields = [f.name for f in dataclasses.fields(cls) if f.name != "name"]
+    hint = suggestion_text(key, fields).replace(" '", f" '{group}.")
+    elsewhere = [n for n in _plugins_with(group, key=key) if n != choice]
+    also = ""
+    if elsewhere:
+        also = f" {key!r} is an option of {group} {', '.join(elsewhere)}: choose one with {group}=<name>."
+    return ConfigError(
+        f"{group} {choice!r} has no option {key!r}.{hint}{also} Options of {group} {choice!r}: "
+        f"{', '.join(fields) or '(none)'}. (`plugstack --help` shows the chosen plugins' options and defaults.)"
+    )
+
+
+def check_keys(cfg: Any) -> None:
+    """Refuse keys a group's plugin does not declare (``+app.max_tokens=4`` would be ignored)."""
+    from omegaconf import OmegaConf
+
+    for group in GROUPS:
+        node = cfg.get(group)
+        cls = OmegaConf.get_type(node) if node is not None else None
+        if cls is None or not dataclasses.is_dataclass(cls):
+            continue
+        for key in node.keys():
+            if not _has_field(cls, str(key)):
+                raise unknown_option(group, str(node.get("name", "?")), str(key), cls)
+
+
+def explain(exc: BaseException) -> ConfigError | None:
+    """Hydra's or OmegaConf's composition error as a :class:`ConfigError` that says what to
+    do (``None`` if ``exc`` is not one): no traceback, and no advice to add the key with ``+``."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    if not isinstance(exc, HydraException | OmegaConfBaseException):
+        return None
+    cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
+    full_key = str(getattr(cause, "full_key", "") or "")
+    group, _, key = full_key.partition(".")
+    cls = getattr(cause, "object_type", None)
+    unknown_key = isinstance(cause, ConfigKeyError | ConfigAttributeError)
+    if unknown_key and group in GROUPS and key and dataclasses.is_dataclass(cls):
+        choice = next(iter(_plugins_with(group, cls=cls)), cls.__name__)
+        return unknown_option(group, choice, key.split(".")[0], cls)
+    message = str(cause).split("\n    full_key:")[0]
+    if "Interpolation" in type(cause).__name__:
+        message += r" (`${...}` in a value is an interpolation; write \${...} for the text itself)"
+    if not full_key:  # e.g. Hydra's grammar: its message says what to write
+        return ConfigError(f"invalid configuration: {message.strip()}")
+    return ConfigError(f"invalid configuration: {full_key}: {message.strip().rstrip('.')}. "
+                       f"(`plugstack --help` shows the chosen plugins' options and defaults.)")

@@ -17,6 +17,7 @@ __all__ = [
     "ModelLoadError",
     "PluginError",
     "PlugstackError",
+    "Terminated",
     "UnknownPluginError",
     "UnsupportedOptionError",
     "close_matches",
@@ -87,3 +88,7 @@ class ModelLoadError(PlugstackError):
 
 class GenerationError(PlugstackError, ValueError):
     """Invalid generation request: sampling parameters, prompt length, stop strings."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: stop the way Ctrl-C stops (finished work kept, ``run.json`` written)."""

@@ -44,6 +44,18 @@ def _formatter(fmt: str, *, colors: bool = False) -> logging.Formatter:
     )
 
 
+#: Events the console already shows in its own words (``plugstack: error: ...``).
+FILE_ONLY_EVENTS = frozenset({"run.failed"})
+
+
+class _FileOnly(logging.Filter):
+    """Keep :data:`FILE_ONLY_EVENTS` off the console (the run's log file still has them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg
+        return not (isinstance(msg, dict) and msg.get("event") in FILE_ONLY_EVENTS)
+
+
 def configure(fmt: str = "console", level: str = "INFO") -> None:
     """Route structlog through the standard library and (re)format the root handlers.
 
@@ -67,6 +79,8 @@ def configure(fmt: str = "console", level: str = "INFO") -> None:
         elif isinstance(handler, logging.StreamHandler):
             stream = getattr(handler, "stream", None)
             handler.setFormatter(_formatter(fmt, colors=bool(getattr(stream, "isatty", lambda: False)())))
+            if not any(isinstance(f, _FileOnly) for f in handler.filters):
+                handler.addFilter(_FileOnly())
     root.setLevel(level.upper())
 
 

@@ -8,7 +8,9 @@ app entry(cfg.app).run(ctx) -> exit code
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 import tempfile
 import time
@@ -22,11 +24,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import logs
 from .app import RunContext
-from .errors import BackendUnavailableError, PlugstackError
+from .config import check_keys
+from .errors import BackendUnavailableError, PlugstackError, Terminated
 from .files import atomic_write
 from .registry import Registry, get_registry
 
-__all__ = ["execute", "group_config"]
+__all__ = ["environment_error", "execute", "exit_code", "group_config"]
 
 log = structlog.get_logger("plugstack.run")
 
@@ -34,9 +37,41 @@ log = structlog.get_logger("plugstack.run")
 def group_config(node: Any) -> Any:
     """What a factory receives: its config dataclass instance when the group has a
     schema, else the DictConfig itself."""
-    if isinstance(node, DictConfig) and is_dataclass(OmegaConf.get_type(node)):
-        return OmegaConf.to_object(node)
-    return node
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .config import explain
+
+    try:
+        if isinstance(node, DictConfig) and is_dataclass(OmegaConf.get_type(node)):
+            return OmegaConf.to_object(node)
+        return node
+    except OmegaConfBaseException as exc:  # e.g. an unresolvable ${...} in a value
+        raise explain(exc) from None
+
+
+#: OS errors that say something about this machine (permissions, space), not about a bug.
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENOTDIR,
+                       errno.EISDIR, errno.ENAMETOOLONG}
+
+
+def environment_error(exc: OSError) -> PlugstackError | None:
+    """An OS error caused by the environment as a clear error naming the path and the
+    variable that moves it; ``None`` for other OS errors."""
+    if exc.errno not in _ENVIRONMENT_ERRNOS:
+        return None
+    from .files import cache_dir
+
+    path = str(exc.filename or "")
+    roots = {"PLUGSTACK_HOME": str(cache_dir()), "PLUGSTACK_OUTPUTS": os.environ.get("PLUGSTACK_OUTPUTS", "")}
+    owner = next((var for var, root in roots.items() if root and path.startswith(root)), None)
+    where = f"{path}: " if path else ""
+    if owner is not None:
+        todo = f"set {owner} to a directory you can write (now {roots[owner]})"
+    elif exc.errno == errno.ENOSPC:
+        todo = "free some space, or set PLUGSTACK_HOME / PLUGSTACK_OUTPUTS to a disk that has it"
+    else:
+        todo = "check the path, or set PLUGSTACK_OUTPUTS (run directories) / PLUGSTACK_HOME (caches) elsewhere"
+    return PlugstackError(f"cannot write {where}{exc.strerror or exc}. {todo[0].upper()}{todo[1:]}.")
 
 
 def _output_dir() -> Path:
@@ -58,7 +93,7 @@ def _make_backend(registry: Registry, cfg: DictConfig):
             if other.name not in (entry.name, "auto") and other.probe()[1].available
         ]
         raise BackendUnavailableError(
-            f"Backend {entry.name!r} is not available here: {availability.reason}. "
+            f"Backend {entry.name!r} is not available here: {str(availability.reason).rstrip('.')}. "
             f"Available backends: {', '.join(usable) or '(none)'}; choose one with backend=<name>."
         )
     log.info("backend.ready", device=availability.device.name if availability.device else None)
@@ -79,6 +114,7 @@ def execute(cfg: DictConfig, *, registry: Registry | None = None, stdout=None) -
     ctx: RunContext | None = None
     code, error = 1, None
     try:
+        check_keys(cfg)
         app_entry = registry.get("app", names["app"])
         model_entry = registry.get("model", names["model"])
         registry.get("backend", names["backend"])  # fail before anything loads
@@ -101,14 +137,20 @@ def execute(cfg: DictConfig, *, registry: Registry | None = None, stdout=None) -
             error = exc
             raise
         finally:
-            registry.notify("plugstack_run_end", ctx=ctx, exit_code=_exit_code(code, error), error=error)
-    except PlugstackError as exc:
-        code = _exit_code(code, exc)
-        log.error("run.failed", error=str(exc), error_type=type(exc).__name__)
-        print(f"plugstack: error: {exc}", file=sys.stderr)
+            registry.notify("plugstack_run_end", ctx=ctx, exit_code=exit_code(code, error), error=error)
+    except BrokenPipeError as exc:
+        code = exit_code(code, exc)  # the reader of stdout went away (`| head`): stop quietly
+        log.info("run.stdout_closed")
+    except (PlugstackError, OSError) as exc:
+        failure = exc if isinstance(exc, PlugstackError) else environment_error(exc)
+        if failure is None:
+            raise  # an OS error that is not about the environment: a bug
+        code = exit_code(code, failure)
+        log.error("run.failed", error=str(failure), error_type=type(exc).__name__)
+        print(f"plugstack: error: {failure}", file=sys.stderr)
     except KeyboardInterrupt as exc:
-        code = _exit_code(code, exc)
-        log.warning("run.interrupted")
+        code = exit_code(code, exc)
+        log.warning("run.interrupted", signal="SIGTERM" if isinstance(exc, Terminated) else "SIGINT")
     finally:
         if ctx is not None:
             ctx.close()
@@ -117,14 +159,28 @@ def execute(cfg: DictConfig, *, registry: Registry | None = None, stdout=None) -
     return code
 
 
-def _exit_code(code: int, error: BaseException | None) -> int:
-    """The process exit code for a run that returned ``code`` or raised ``error``:
-    2 for a user-facing error, 130 for Ctrl-C, 1 for a bug."""
+def exit_code(code: int, error: BaseException | None) -> int:
+    """The process exit code for a run that returned ``code`` or raised ``error``: 2 for
+    the user's mistake, 130 for Ctrl-C, 143 for SIGTERM, 141 when stdout closed, 1 for a bug."""
     if error is None:
         return code
     if isinstance(error, PlugstackError):
         return 2
-    return 130 if isinstance(error, KeyboardInterrupt) else 1
+    if isinstance(error, BrokenPipeError):
+        return 141
+    if isinstance(error, KeyboardInterrupt):
+        return 143 if isinstance(error, Terminated) else 130
+    return 1
+
+
+def _plain(cfg: DictConfig) -> Any:
+    """The config as plain data, resolved where it can be (a bad ``${...}`` stays as written)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    except OmegaConfBaseException:
+        return OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
 
 
 def _write_run_record(output_dir: Path, cfg: DictConfig, run_id: str, code: int, seconds: float) -> None:
@@ -137,7 +193,7 @@ def _write_run_record(output_dir: Path, cfg: DictConfig, run_id: str, code: int,
         "exit_code": code,
         "seconds": round(seconds, 3),
         "choices": {g: str(cfg[g].name) for g in ("app", "model", "backend")},
-        "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        "config": _plain(cfg),
     }
     try:
         atomic_write(output_dir / "run.json", json.dumps(record, indent=2, default=str))
