@@ -90,8 +90,8 @@ class SamplingParams:
         r = number("repetition_penalty", self.repetition_penalty)
         if not 0 < r or math.isinf(r):
             raise bad("repetition_penalty", r, "a finite number > 0 (1 switches the penalty off)")
-        if self.seed is not None:
-            number("seed", self.seed, integer=True)
+        if self.seed is not None and not 0 <= number("seed", self.seed, integer=True) < 2**64:
+            raise bad("seed", self.seed, "an integer in [0, 2**64) (torch's generator takes 64 bits)")
         if isinstance(self.stop, str) or not all(isinstance(s, str) for s in self.stop):
             raise bad("stop", self.stop, "a list of strings")
         if any(s == "" for s in self.stop):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from plugstack.backend import Availability, Backend
-from plugstack.errors import BackendUnavailableError, ConfigError, UnknownPluginError
+from plugstack.errors import BackendUnavailableError, ConfigError, UnknownPluginError, suggestion_text
 
 from .config import ENV_VAR, AutoBackendConfig
 
@@ -91,9 +91,12 @@ class AutoBackend(Backend):
                 continue
             try:
                 entry = registry.get("backend", name)
-            except UnknownPluginError:
-                if forced:
-                    raise  # the user named it: the error lists the backends that exist
+            except UnknownPluginError as exc:
+                if forced:  # the user named it: say where they named it
+                    raise ConfigError(
+                        f"{source} names no backend.{suggestion_text(name, exc.available)} Set {ENV_VAR} to "
+                        f"one of {', '.join(n for n in exc.available if n != 'auto')}, or unset it."
+                    ) from None
                 skipped[name] = "no plugin registers a backend of that name"
                 continue
             backend, availability = entry.probe()  # a broken backend must not take auto down

@@ -18,7 +18,7 @@ from plugstack.backend import Availability, Backend
 from plugstack.errors import UnsupportedOptionError
 
 from .config import CPU_DTYPES, CPU_QUANTIZE, CpuBackendConfig
-from .device import cpu_device_info
+from .device import check_threads, cpu_device_info
 
 if TYPE_CHECKING:
     import torch
@@ -112,6 +112,7 @@ def check_options(cfg: Any) -> None:
         raise UnsupportedOptionError(
             f"backend=cpu threads={cfg.threads} is negative. Use 0 (torch's default) or a positive count."
         )
+    check_threads(int(cfg.threads), "cpu")
 
 
 def quantize_int8(module: torch.nn.Module) -> torch.nn.Module:

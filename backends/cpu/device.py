@@ -66,3 +66,16 @@ def cpu_device_info() -> DeviceInfo:
         dtypes=CPU_DTYPES,
         extra=extra,
     )
+
+
+def check_threads(threads: int, backend: str) -> None:
+    """Warn when a backend is asked for more compute threads than this process may use:
+    they contend for the cores and every step gets much slower (hundreds of times here)."""
+    cores = usable_cores()
+    if threads > cores:
+        import structlog
+
+        structlog.get_logger("plugstack.backend").warning(
+            "backend.threads_oversubscribed", backend=backend, threads=threads, usable_cores=cores,
+            hint=f"set backend.threads={cores} or lower (0 lets the library choose)",
+        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from plugstack.backends.cpu.device import check_threads
 from plugstack.errors import UnsupportedOptionError
 
 #: Execution providers ONNX Runtime knows by name. Whether one is *available* depends on
@@ -94,6 +95,7 @@ def validate(cfg: OnnxBackendConfig) -> None:
     """Raise :class:`UnsupportedOptionError` for any option the onnx backend cannot honour."""
     if cfg.threads < 0:
         raise _bad("threads", cfg.threads, "0 (ONNX Runtime default) or a positive number of threads")
+    check_threads(cfg.threads, "onnx")
     if not cfg.providers:
         raise _bad("providers", cfg.providers, f"a non-empty list of {', '.join(KNOWN_PROVIDERS)}")
     for p in cfg.providers:
