@@ -41,6 +41,8 @@ log = structlog.get_logger("plugstack.generation")
 #: Called with (row, token id) after each chosen token; return True to end that row
 #: with finish_reason "stop" (how :func:`plugstack.generate` applies stop strings).
 TokenCallback = Callable[[int, int], bool]
+#: ``(row, token_ids, finish_reason)`` once a row has ended, before the others have.
+FinishCallback = Callable[[int, list[int], str], None]
 
 
 @dataclass
@@ -112,17 +114,18 @@ def check_decoder(runner: Runner) -> None:
 
 
 def fit_prompts(prompt_ids: Sequence[Sequence[int]], max_new: int, ctx: int | None, truncate: bool,
-                window: str = "the model's context window") -> list[list[int]]:
+                window: str = "the model's context window", labels: Sequence[str] = ()) -> list[list[int]]:
     """Check every prompt is non-empty and fits the context window with ``max_new`` tokens
     after it; with ``truncate`` keep the tail of a prompt that does not fit. ``window``
-    names what sets ``ctx`` in messages."""
+    names what sets ``ctx`` in messages, ``labels`` each prompt (e.g. ``prompts.txt:3``)."""
     prompts = [list(p) for p in prompt_ids]
     if not prompts:
         raise GenerationError("No prompts given: pass at least one prompt.")
+    label = (lambda i: labels[i]) if labels else (lambda i: f"Prompt {i}")
     for i, p in enumerate(prompts):
         if not p:
             raise GenerationError(
-                f"Prompt {i} has no tokens: give a non-empty prompt (an empty string encodes to "
+                f"{label(i)} has no tokens: give a non-empty prompt (an empty string encodes to "
                 f"nothing when the tokenizer adds no BOS token).")
     if ctx is None:
         return prompts
@@ -136,11 +139,11 @@ def fit_prompts(prompt_ids: Sequence[Sequence[int]], max_new: int, ctx: int | No
             continue
         if not truncate:
             raise GenerationError(
-                f"Prompt {i} has {len(p)} tokens; with max_new_tokens={max_new} that needs "
+                f"{label(i)} has {len(p)} tokens; with max_new_tokens={max_new} that needs "
                 f"{len(p) + max_new} positions, but {window} is {ctx}. "
-                f"Shorten the prompt to at most {room} tokens, lower max_new_tokens, or pass "
-                f"truncate=True to keep the last {room} tokens of the prompt.")
-        log.warning("generate.prompt.truncated", prompt=i, tokens=len(p), kept=room)
+                f"Shorten the prompt to at most {room} tokens, lower max_new_tokens, or truncate "
+                f"(app.truncate=true; truncate=True in Python) to keep its last {room} tokens.")
+        log.warning("generate.prompt.truncated", prompt=label(i), tokens=len(p), kept=room)
         prompts[i] = p[-room:]
     return prompts
 
@@ -200,12 +203,13 @@ class Rows:
     """Per-row progress of one call: the tokens chosen so far and why each row ended."""
 
     def __init__(self, prompts: list[list[int]], params: SamplingParams, *, eos_ids: Sequence[int],
-                 context_length: int | None, on_token: TokenCallback | None) -> None:
+                 context_length: int | None, on_token: TokenCallback | None,
+                 on_finish: FinishCallback | None = None) -> None:
         import torch
 
         self.prompts, self.params = prompts, params
         self.eos = set() if params.ignore_eos else set(eos_ids)
-        self.context_length, self.on_token = context_length, on_token
+        self.context_length, self.on_token, self.on_finish = context_length, on_token, on_finish
         self.generated: list[list[int]] = [[] for _ in prompts]
         self.finish: list[str | None] = [None] * len(prompts)
         self.generator = torch.Generator()
@@ -268,6 +272,8 @@ def decode_n_tokens(runner: Runner, state: SlotState, rows: Rows, logits: torch.
         for b in live:
             if rows.finish[b] is not None:
                 runner.release(state, b)
+                if rows.on_finish is not None:
+                    rows.on_finish(b, rows.generated[b], rows.finish[b])
         live = rows.live()
         elapsed = time.perf_counter() - t0
         if step == 0:
@@ -331,11 +337,13 @@ def _torch_threads_for(runner: Runner) -> Iterator[None]:
 
 def decode_loop(runner: Runner, prompts: list[list[int]], params: SamplingParams, *, eos_ids: Sequence[int],
                 context_length: int | None, on_token: TokenCallback | None,
+                on_finish: FinishCallback | None = None,
                 ) -> Generator[list[tuple[int, int]], None, list[GenerationResult]]:
     """Prefill every prompt into its own slot, then decode; yields each step's
     ``(row, token)`` pairs and returns the per-row results (``StopIteration.value``)."""
     check_decoder(runner)
-    rows = Rows(prompts, params, eos_ids=eos_ids, context_length=context_length, on_token=on_token)
+    rows = Rows(prompts, params, eos_ids=eos_ids, context_length=context_length, on_token=on_token,
+                on_finish=on_finish)
     clock = Timings()
     with _torch_threads_for(runner):
         t0 = time.perf_counter()

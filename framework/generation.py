@@ -12,7 +12,7 @@ Three entry points, from low to high level:
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from .decode import GenerationResult, Timings, checked_request, decode_loop, drain, generate_ids
@@ -23,6 +23,9 @@ from .sampling import SamplingParams
 if TYPE_CHECKING:
     from .backend import Runner
     from .model import Tokenizer
+
+#: ``(row, result)`` for one row of :func:`generate`, as soon as it has ended.
+ResultCallback = Callable[[int, GenerationResult], None]
 
 __all__ = ["GenerationResult", "SamplingParams", "TextStream", "Timings", "generate", "generate_ids", "stream"]
 
@@ -36,6 +39,7 @@ def _text_loop(
     prompts: list[list[int]],
     params: SamplingParams,
     context_length: int | None,
+    on_result: ResultCallback | None = None,
 ) -> Generator[tuple[int, str], None, list[GenerationResult]]:
     """Run the loop with one :class:`TextAssembler` per row; yield ``(row, delta)`` for
     every non-empty text delta and return the results with their text filled in."""
@@ -48,8 +52,15 @@ def _text_loop(
             deltas.append((row, delta))
         return texts[row].stopped
 
+    def on_finish(row: int, ids: list[int], reason: str) -> None:
+        tail = texts[row].flush()
+        if tail:
+            deltas.append((row, tail))
+        if on_result is not None:
+            on_result(row, GenerationResult(texts[row].text, list(ids), len(prompts[row]), reason))
+
     loop = decode_loop(runner, prompts, params, eos_ids=tokenizer.eos_token_ids, context_length=context_length,
-                       on_token=on_token)
+                       on_token=on_token, on_finish=on_finish)
     while True:
         try:
             next(loop)
@@ -80,16 +91,19 @@ def generate(
     *,
     truncate: bool = False,
     context_length: int | None = None,
+    on_result: ResultCallback | None = None,
 ) -> list[GenerationResult]:
     """Generate a completion for each prompt (batched together, each in its own slot).
 
     Prompts are encoded as given (apply a chat template first for chat models). Generation
     of a row ends at an EOS token of ``tokenizer``, at a stop string (cut from the text),
-    after ``params.max_new_tokens`` tokens or at the context window.
+    after ``params.max_new_tokens`` tokens or at the context window. ``on_result(row,
+    result)`` receives each row's result as soon as that row ends (to write it before the
+    others finish; its ``timings`` are left empty).
     """
     ids, params, ctx = checked_request(runner, _encode(tokenizer, prompts), params, context_length=context_length,
                                        truncate=truncate)
-    return drain(_text_loop(runner, tokenizer, ids, params, ctx))
+    return drain(_text_loop(runner, tokenizer, ids, params, ctx, on_result))
 
 
 class TextStream(Iterator[str]):

@@ -4,7 +4,10 @@ With one prompt, the generated text is streamed to ``ctx.stdout`` as it is produ
 newline, and nothing else (logs go to stderr through ``ctx.log``), so
 ``plugstack app.prompt=... > out.txt`` captures exactly the answer. With ``prompt_file``,
 prompts run in batches and results go to a JSONL file, one object per prompt:
-``{"prompt", "text", "finish_reason", "prompt_tokens", "completion_tokens"}``.
+``{"index", "prompt", "text", "finish_reason", "prompt_tokens", "completion_tokens"}``
+(``index``: the prompt's position in the file), each written as soon as it ends (so in
+the order they finish), so an interrupted or failed run keeps every finished answer. Every
+prompt is checked to fit before the first is generated.
 """
 
 from __future__ import annotations
@@ -12,18 +15,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
-from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from plugstack.app import App, RunContext
+from plugstack.decode import context_window, fit_prompts
 from plugstack.errors import ConfigError
-from plugstack.generation import generate, stream
+from plugstack.generation import GenerationResult, generate, stream
 from plugstack.model import Tokenizer
 from plugstack.sampling import SamplingParams
 
-__all__ = ["GenerateApp", "read_prompts"]
+__all__ = ["GenerateApp", "Prompt", "ResultsFile", "read_prompts"]
 
 
 def sampling_params(cfg: Any) -> SamplingParams:
@@ -31,9 +34,17 @@ def sampling_params(cfg: Any) -> SamplingParams:
     return SamplingParams(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(SamplingParams)})
 
 
-def read_prompts(path: str | os.PathLike[str]) -> list[str]:
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt of a prompt file and where it came from (for messages)."""
+
+    text: str
+    where: str
+
+
+def read_prompts(path: str | os.PathLike[str]) -> list[Prompt]:
     """Prompts from a text file (one per non-blank line) or a ``.jsonl`` file
-    (one ``{"prompt": "..."}`` object per non-blank line)."""
+    (one ``{"prompt": "..."}`` object per non-blank line), each with its ``file:line``."""
     p = Path(path).expanduser()
     expected = 'a text file with one prompt per line, or a .jsonl file with {"prompt": "..."} per line'
     if not p.is_file():
@@ -42,12 +53,12 @@ def read_prompts(path: str | os.PathLike[str]) -> list[str]:
         lines = p.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
         raise ConfigError(f"app.prompt_file={str(path)!r} is not UTF-8 text ({exc.reason}).") from None
-    prompts: list[str] = []
+    prompts: list[Prompt] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         if p.suffix.lower() != ".jsonl":
-            prompts.append(line)
+            prompts.append(Prompt(line, f"{p}:{number}"))
             continue
         try:
             record = json.loads(line)
@@ -55,24 +66,46 @@ def read_prompts(path: str | os.PathLike[str]) -> list[str]:
             raise ConfigError(f"{p}:{number}: not valid JSON ({exc.msg}). Expected {expected}.") from None
         if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
             raise ConfigError(f'{p}:{number}: expected an object with a string "prompt" field, got {line[:80]!r}.')
-        prompts.append(record["prompt"])
+        prompts.append(Prompt(record["prompt"], f"{p}:{number}"))
     if not prompts:
         raise ConfigError(f"app.prompt_file={str(path)!r} holds no prompts. Expected {expected}.")
     return prompts
 
 
-def _write_jsonl_atomic(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    """Write all records, then move the file into place: no half-written results file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def output_path(cfg: Any, run_dir: Path) -> Path:
+    """Where prompt_file's results go, checked before anything is generated."""
+    if not cfg.output_file:
+        return run_dir / "generations.jsonl"
+    out = Path(cfg.output_file).expanduser()
+    if out.is_dir():
+        raise ConfigError(f"app.output_file={cfg.output_file!r} is a directory: give a file path, "
+                          f"e.g. app.output_file={out / 'generations.jsonl'}.")
+    source = Path(cfg.prompt_file).expanduser()
+    if out.resolve() == source.resolve():
+        raise ConfigError(f"app.output_file={cfg.output_file!r} is the prompt file: writing results there "
+                          f"would overwrite the prompts. Choose another app.output_file.")
+    return out
+
+
+class ResultsFile:
+    """JSON lines written as each result ends (flushed), into a temporary sibling that is
+    renamed into place on close, however the run ends: finished work is never lost."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.written = path, 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # the umask applies, as for any file
+        self._file = os.fdopen(fd, "w", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.flush()
+        self.written += 1
+
+    def close(self) -> None:
+        self._file.close()
+        os.replace(self._tmp, self.path)
 
 
 class GenerateApp(App):
@@ -84,6 +117,8 @@ class GenerateApp(App):
         if cfg.batch_size < 1:
             raise ConfigError(f"app.batch_size={cfg.batch_size} is invalid: expected an integer >= 1.")
         prompts = read_prompts(cfg.prompt_file) if cfg.prompt_file else None
+        if prompts is not None:
+            output_path(cfg, ctx.output_dir)  # a bad output path fails before the model loads
         tokenizer = ctx.model.tokenizer
         if tokenizer is None:
             raise ConfigError(
@@ -118,26 +153,34 @@ class GenerateApp(App):
         )
         return 0
 
-    def _run_file(self, ctx: RunContext, tokenizer: Tokenizer, params: SamplingParams, prompts: list[str]) -> int:
-        out = Path(self.cfg.output_file).expanduser() if self.cfg.output_file else ctx.output_dir / "generations.jsonl"
-        size = self.cfg.batch_size
-        records = []
-        for start in range(0, len(prompts), size):
-            batch = prompts[start : start + size]
-            results = generate(
-                ctx.runner, tokenizer, [self._render(tokenizer, p) for p in batch], params, truncate=self.cfg.truncate
-            )
-            for prompt, r in zip(batch, results, strict=True):
-                records.append(
-                    {
-                        "prompt": prompt,
-                        "text": r.text,
-                        "finish_reason": r.finish_reason,
-                        "prompt_tokens": r.prompt_tokens,
-                        "completion_tokens": r.completion_tokens,
-                    }
-                )
-            ctx.log.info("generate.batch.done", done=len(records), total=len(prompts))
-        _write_jsonl_atomic(out, records)
-        ctx.log.info("generate.file.done", prompts=len(records), path=str(out))
+    def _run_file(self, ctx: RunContext, tokenizer: Tokenizer, params: SamplingParams, prompts: list[Prompt]) -> int:
+        rendered = self._checked(ctx, tokenizer, params, prompts)
+        out = ResultsFile(output_path(self.cfg, ctx.output_dir))
+        size, status = self.cfg.batch_size, "interrupted"
+        try:
+            for start in range(0, len(prompts), size):
+                def write(row: int, r: GenerationResult, start: int = start) -> None:
+                    out.write({"index": start + row, "prompt": prompts[start + row].text, "text": r.text,
+                               "finish_reason": r.finish_reason, "prompt_tokens": r.prompt_tokens,
+                               "completion_tokens": r.completion_tokens})
+
+                generate(ctx.runner, tokenizer, rendered[start : start + size], params, truncate=self.cfg.truncate,
+                         on_result=write)
+                ctx.log.info("generate.batch.done", done=out.written, total=len(prompts))
+            status = "done"
+        finally:
+            out.close()
+            level = ctx.log.info if status == "done" else ctx.log.warning
+            level(f"generate.file.{status}", kept=out.written, total=len(prompts), path=str(out.path))
         return 0
+
+    def _checked(self, ctx: RunContext, tokenizer: Tokenizer, params: SamplingParams,
+                 prompts: list[Prompt]) -> list[str]:
+        """Every prompt rendered, and checked to fit before the first is generated."""
+        rendered = [self._render(tokenizer, p.text) for p in prompts]
+        window_len, window = context_window(ctx.runner)
+        if self.cfg.truncate:  # only empty prompts can fail; generate() logs each truncation
+            window_len = None
+        fit_prompts([tokenizer.encode(r) for r in rendered], params.max_new_tokens, window_len, False,
+                    window, labels=[f"The prompt at {p.where}" for p in prompts])
+        return rendered

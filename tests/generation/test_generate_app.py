@@ -78,11 +78,12 @@ def test_prompt_file_writes_one_jsonl_record_per_prompt(make_ctx, runner, tokeni
     assert GenerateApp(app_cfg(prompt_file=str(path), batch_size=3, chat=False)).run(ctx) == 0
     assert ctx.stdout.getvalue() == ""
     out = ctx.output_dir / "generations.jsonl"
-    records = [json.loads(line) for line in out.read_text().splitlines()]
+    records = sorted((json.loads(line) for line in out.read_text().splitlines()), key=lambda r: r["index"])
     assert [r["prompt"] for r in records] == prompts
-    for prompt, record in zip(prompts, records, strict=True):
+    for i, (prompt, record) in enumerate(zip(prompts, records, strict=True)):
         [alone] = generate(runner, tokenizer, [prompt], SamplingParams(max_new_tokens=12))
         assert record == {
+            "index": i,
             "prompt": prompt,
             "text": alone.text,
             "finish_reason": alone.finish_reason,
