@@ -62,9 +62,10 @@ class UnknownPluginError(PluginError, LookupError):
 class DuplicatePluginError(PluginError):
     """Two plugins registered the same name for the same kind."""
 
-    def __init__(self, kind: str, name: str, first: str, second: str) -> None:
+    def __init__(self, kind: str, name: str, first: str, second: str, origins: tuple[str, str] | None = None) -> None:
+        where = f" ({origins[0]} and {origins[1]})" if origins else ""
         super().__init__(
-            f"Both plugin {first!r} and plugin {second!r} register a {kind} named {name!r}. "
+            f"Both plugin {first!r} and plugin {second!r}{where} register a {kind} named {name!r}. "
             f"Rename one, disable one with PLUGSTACK_DISABLE_PLUGINS={second}, "
             f"or register with override=True if replacing it is intended."
         )

@@ -246,7 +246,8 @@ class Registry:
         for key in (entry.name, *entry.aliases):
             owner = table.get(key) or table.get(aliases.get(key, ""))
             if owner is not None and not override:
-                raise DuplicatePluginError(entry.kind, key, owner.plugin, entry.plugin)
+                origins = (_origin(self.plugins[owner.plugin]), _origin(self.plugins[entry.plugin]))
+                raise DuplicatePluginError(entry.kind, key, owner.plugin, entry.plugin, origins)
         if override and entry.name in table:
             old = table[entry.name].plugin
             log.info("plugin.override", kind=entry.kind, name=entry.name, old=old, new=entry.plugin)

@@ -51,7 +51,7 @@ def group_config(node: Any) -> Any:
 
 #: OS errors that say something about this machine (permissions, space), not about a bug.
 _ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENOTDIR,
-                       errno.EISDIR, errno.ENAMETOOLONG}
+                       errno.EISDIR, errno.ENAMETOOLONG, errno.EEXIST}
 
 
 def environment_error(exc: OSError) -> PlugstackError | None:

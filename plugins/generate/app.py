@@ -80,6 +80,10 @@ def output_path(cfg: Any, run_dir: Path) -> Path:
     if out.is_dir():
         raise ConfigError(f"app.output_file={cfg.output_file!r} is a directory: give a file path, "
                           f"e.g. app.output_file={out / 'generations.jsonl'}.")
+    above = next(a for a in out.parents if a.exists())
+    if not above.is_dir():
+        raise ConfigError(f"app.output_file={cfg.output_file!r} cannot be created: {above} is a file, not a "
+                          f"directory. Choose another app.output_file.")
     source = Path(cfg.prompt_file).expanduser()
     if out.resolve() == source.resolve():
         raise ConfigError(f"app.output_file={cfg.output_file!r} is the prompt file: writing results there "
