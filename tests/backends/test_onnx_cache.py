@@ -331,3 +331,41 @@ def test_a_full_disk_during_a_build_is_a_clear_error_and_leaves_nothing(tiny, tm
                                            rf"Set backend.cache_dir \(now {root}\) .* or free space on that disk"):
         OnnxBackend(cfg(root, graph="export")).prepare(tiny)
     assert [p.name for p in root.iterdir() if not p.name.endswith(".lock")] == []
+
+
+KILLED_BUILD = """
+import sys, time
+from pathlib import Path
+from plugstack.backends.onnx.cache import get_or_build
+
+def build(tmp):
+    (tmp / "model.onnx").write_bytes(b"x" * 65536)
+    print("building", flush=True)
+    time.sleep(600)
+
+get_or_build(Path(sys.argv[1]), "k" * 32, build, describe={})
+"""
+
+
+def test_a_build_killed_with_sigkill_leaves_a_temp_dir_that_the_next_run_removes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from plugstack.backends.onnx.cache import get_or_build
+
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    while proc.stdout.readline().strip() != "building":  # structlog's default output comes first
+        assert proc.poll() is None
+    (leftover,) = tmp_path.glob(".kkkk*.tmp-*")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert leftover.exists()  # what SIGKILL leaves behind
+    def build(tmp: Path) -> dict:
+        (tmp / "m.onnx").write_bytes(b"1")
+        return {"model_file": "m.onnx"}
+
+    with capture_logs() as logs:
+        entry = get_or_build(tmp_path, "k" * 32, build, describe={})
+    assert not leftover.exists() and entry.built  # and its lock did not outlive it
+    assert any(e["event"] == "files.leftover.removed" and e["path"] == str(leftover) for e in logs)
