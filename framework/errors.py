@@ -17,6 +17,7 @@ __all__ = [
     "ModelLoadError",
     "PluginError",
     "PlugstackError",
+    "StorageError",
     "Terminated",
     "UnknownPluginError",
     "UnsupportedOptionError",
@@ -89,6 +90,12 @@ class ModelLoadError(PlugstackError):
 
 class GenerationError(PlugstackError, ValueError):
     """Invalid generation request: sampling parameters, prompt length, stop strings."""
+
+
+class StorageError(PlugstackError):
+    """A directory plugstack writes to cannot be used: not writable, not a directory, disk
+    full, or locked by a process that never lets go. The message names the path, the OS
+    reason and the setting to change."""
 
 
 class Terminated(KeyboardInterrupt):

@@ -145,24 +145,27 @@ class OnnxBackend(Backend):
 
         return Path(self.options.cache_dir).expanduser() if self.options.cache_dir else default_cache_dir()
 
+    def _cache_setting(self) -> str:
+        """What a user changes to move the graph cache (named by storage errors)."""
+        from plugstack.files import home_setting
+
+        return f"backend.cache_dir (now {self.options.cache_dir})" if self.options.cache_dir else home_setting()
+
     def prepare(self, model: Model) -> OnnxRunner:
-        from .build import base_entry, choose_builder, graph_of, quantized_entry
+        from plugstack.files import storage_errors
+
+        from .build import choose_builder, runner_from_cache
 
         opts = dataclasses.replace(self.options, providers=self._providers())
         builder = choose_builder(model, opts)
         if builder is None:  # the generic export concatenates: refuse what cannot apply before exporting
             self.kv_mode(model, BuiltGraph(), opts.providers[0])
-        made: dict[str, Any] = {}  # a runner built while verifying, reused (no 2nd session)
         make = functools.partial(self._runner, model)
-        entry = base_entry(model, opts, builder, self.cache_dir(), make, made)
-        if opts.quantize is not None:
-            entry = quantized_entry(model, opts, builder, entry, self.cache_dir(), make, made)
-        runner = made.get("runner") or make(entry.model_path, opts, graph_of(entry))
-        runner.path = entry.model_path  # a runner made while verifying saw the temporary dir
-        runner.cache_entry = entry  # where the graph lives, and whether this call built it
+        with storage_errors(self.cache_dir(), what="the ONNX graph cache", setting=self._cache_setting()):
+            runner = runner_from_cache(model, opts, builder, self.cache_dir(), make)
         log.info("onnx.prepare.done", model=model.name, quantize=opts.quantize, kv_cache=runner.kv_cache,
-                 slot_capacity=runner.slot_capacity, providers=runner.providers, cached=not entry.built,
-                 path=str(entry.model_path))
+                 slot_capacity=runner.slot_capacity, providers=runner.providers, cached=not runner.cache_entry.built,
+                 path=str(runner.path))
         return runner
 
     def _runner(self, model: Model, path: Path, opts: OnnxBackendConfig, graph: BuiltGraph) -> OnnxRunner:

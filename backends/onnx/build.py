@@ -1,5 +1,6 @@
 """Making a model's step graph: which path (the model's own builder or the generic export),
-the cache entries (fp32, then quantised), and the first-build verification.
+the cache entries (fp32, then quantised), the first-build verification, and the runner
+over the cached graph (an entry ONNX Runtime cannot load is rebuilt once, see ``cache.use_entry``).
 
 The backend knows no model: it asks ``model.builders["onnx"]`` (``plugstack.builders``)
 and falls back to ``torch.onnx`` export when the model offers none or its builder declines,
@@ -16,10 +17,10 @@ from typing import Any
 import structlog
 
 from plugstack.builders import BuiltGraph, GraphRequest, OnnxGraphBuilder
-from plugstack.errors import UnsupportedOptionError
+from plugstack.errors import ModelLoadError, UnsupportedOptionError
 from plugstack.model import Model
 
-from .cache import CacheEntry, cache_key, get_or_build
+from .cache import CacheEntry, DamagedEntry, cache_key, get_or_build, use_entry
 from .config import OnnxBackendConfig
 
 log = structlog.get_logger("plugstack.onnx")
@@ -95,7 +96,66 @@ MakeRunner = Callable[[Path, OnnxBackendConfig, BuiltGraph], Any]
 
 def graph_of(entry: CacheEntry) -> BuiltGraph:
     """How to drive the graph of a cache entry (what its builder declared)."""
-    return BuiltGraph(**entry.manifest.get("graph_features", {}))
+    features = entry.manifest.get("graph_features", {})
+    try:
+        return BuiltGraph(**features)
+    except (TypeError, ValueError) as e:  # not a mapping, keys or values BuiltGraph does not take
+        raise DamagedEntry(entry.path, f"manifest 'graph_features' {features!r} does not fit BuiltGraph ({e})") from e
+
+
+def cannot_load(e: BaseException) -> bool:
+    """Is ``e`` a failure to read a graph file (ONNX Runtime's, onnx's, protobuf's, or a file gone)?"""
+    top = type(e).__module__.split(".")[0]
+    return top in ("onnxruntime", "onnx", "google") or isinstance(e, (FileNotFoundError, IsADirectoryError))
+
+
+def _why(e: BaseException) -> str:
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:500]}"
+
+
+def load_runner(make_runner: MakeRunner, entry: CacheEntry, options: OnnxBackendConfig) -> Any:
+    """A runner over a cached entry's graph; one ONNX Runtime cannot load is a :class:`DamagedEntry`."""
+    graph = graph_of(entry)
+    try:
+        return make_runner(entry.model_path, options, graph)
+    except Exception as e:
+        if not cannot_load(e):
+            raise
+        raise DamagedEntry(entry.path, f"ONNX Runtime cannot load {entry.model_path.name}: {_why(e)}") from e
+
+
+def _fresh_runner(make_runner: MakeRunner, path: Path, options: OnnxBackendConfig, graph: BuiltGraph,
+                  model: Model) -> Any:
+    """A runner over a graph just built (to verify it): one that cannot load is a real error."""
+    try:
+        return make_runner(path, options, graph)
+    except Exception as e:
+        if not cannot_load(e):
+            raise
+        raise ModelLoadError(
+            f"the ONNX graph just built for model {model.name!r} cannot be loaded by ONNX Runtime ({_why(e)}). "
+            f"Try backend.graph=export (the generic torch.onnx export) or backend=cpu, and report it.") from e
+
+
+def runner_from_cache(model: Model, options: OnnxBackendConfig, builder: OnnxGraphBuilder | None,
+                      cache_dir: Path, make_runner: MakeRunner) -> Any:
+    """The runner over the cached graph (fp32, or its ``backend.quantize`` version), each entry
+    built on a miss and rebuilt once if it turns out damaged on use."""
+    made: dict[str, Any] = {}  # a runner built while verifying, reused (no 2nd session)
+
+    def use(entry: CacheEntry) -> Any:
+        runner = made.pop("runner", None) or load_runner(make_runner, entry, options)
+        runner.path = entry.model_path  # a runner made while verifying saw the temporary dir
+        runner.cache_entry = entry  # where the graph lives, and whether this call built it
+        return runner
+
+    def base() -> CacheEntry:
+        return base_entry(model, options, builder, cache_dir, make_runner, made)
+
+    if options.quantize is None:
+        return use_entry(base, use)
+    return use_entry(base, lambda b: use_entry(
+        lambda: quantized_entry(model, options, builder, b, cache_dir, make_runner, made), use))
 
 
 def base_entry(model: Model, options: OnnxBackendConfig, builder: OnnxGraphBuilder | None, cache_dir: Path,
@@ -114,7 +174,7 @@ def base_entry(model: Model, options: OnnxBackendConfig, builder: OnnxGraphBuild
             graph = BuiltGraph()
         fields: dict[str, Any] = {"model_file": path.name, "graph_features": graph.as_dict()}
         if options.verify:
-            runner = make_runner(path, _unquantised(options), graph)
+            runner = _fresh_runner(make_runner, path, _unquantised(options), graph, model)
             fields["verify"] = verify_against_eager(runner, model, variant=options.dtype, tolerance=options.tolerance)
             if options.quantize is None:
                 made["runner"] = runner
@@ -138,15 +198,21 @@ def quantized_entry(model: Model, options: OnnxBackendConfig, builder: OnnxGraph
 
     def build(tmp: Path) -> dict[str, Any]:
         path = tmp / "model.onnx"
-        quantised = quantize_graph(base.model_path, path, options.quantize)
+        graph = graph_of(base)
+        try:
+            quantised = quantize_graph(base.model_path, path, options.quantize)
+        except Exception as e:  # the base graph cannot be read: rebuild it (use_entry)
+            if not cannot_load(e):
+                raise
+            raise DamagedEntry(base.path, f"cannot read {base.model_path.name} to quantise it: {_why(e)}") from e
         if not quantised:
             raise UnsupportedOptionError(
                 f"backend.quantize={options.quantize} found no MatMul to quantise in the graph of model "
                 f"{model.name!r}, so it would change nothing: use backend.quantize=null for this model.")
-        fields: dict[str, Any] = {"model_file": path.name, "graph_features": base.manifest.get("graph_features", {}),
+        fields: dict[str, Any] = {"model_file": path.name, "graph_features": graph.as_dict(),
                                   "base": base.path.name, "quantized_matmuls": quantised}
         if options.verify:
-            runner = make_runner(path, options, graph_of(base))
+            runner = _fresh_runner(make_runner, path, options, graph, model)
             fields["verify"] = verify_against_eager(runner, model, variant=options.quantize,
                                                     tolerance=options.tolerance)
             made["runner"] = runner

@@ -3,8 +3,13 @@
 Layout: ``<cache_dir>/<key>/`` holds the graph files and ``manifest.json`` (what went
 into the key, and every file's size and sha256). An entry is built in a temporary
 sibling directory and renamed into place, under a file lock, so a crash leaves no
-half-written entry and two processes preparing the same model do the work once. An
-entry whose files do not match its manifest (truncated, edited) is rebuilt.
+half-written entry and two processes preparing the same model do the work once.
+
+Any damage leads to one logged rebuild (``onnx.cache.corrupt``), never a crash: a manifest
+that is missing, not JSON or of the wrong shape, missing, extra or altered files (found
+here), and files that match their manifest but cannot be used (the user of the entry
+raises :class:`DamagedEntry`, see :func:`use_entry`). Temporary directories of killed
+builds are removed by a later run (:func:`plugstack.files.remove_stale_temps`).
 """
 
 from __future__ import annotations
@@ -18,18 +23,21 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
-from filelock import FileLock
 
-from plugstack.files import cache_dir, file_digest
+from plugstack.errors import ModelLoadError
+from plugstack.files import cache_dir, file_digest, lock_is_held, remove_stale_temps, temp_prefix, waiting_lock
 
 log = structlog.get_logger("plugstack.onnx")
 
+T = TypeVar("T")
 MANIFEST = "manifest.json"
 #: How long a process waits for another one building the same entry before giving up.
 LOCK_TIMEOUT_S = 30 * 60
+#: How often a process waiting for that says it still waits.
+LOCK_REPORT_EVERY_S = 60.0
 
 
 def default_cache_dir() -> Path:
@@ -57,35 +65,97 @@ class CacheEntry:
         return self.path / self.manifest["model_file"]
 
 
+class DamagedEntry(Exception):
+    """Raised by the user of a cache entry whose files match the manifest but cannot be used
+    (ONNX Runtime cannot load the graph): :func:`use_entry` rebuilds the entry once."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = Path(path), reason
+
+    def concerns(self, entry: CacheEntry) -> bool:
+        return self.path == entry.path or entry.path in self.path.parents
+
+
+def _plain_name(name: object) -> bool:
+    """A file name that stays inside the entry directory."""
+    return isinstance(name, str) and name not in ("", ".", "..", MANIFEST) and not any(
+        sep in name for sep in ("/", "\\", os.sep, "\0"))
+
+
+def _manifest_problem(manifest: Any) -> str:
+    """What is wrong with the shape of a parsed manifest ("" if nothing)."""
+    if not isinstance(manifest, dict):
+        return f"manifest is a JSON {type(manifest).__name__}, not an object"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        return f"manifest 'files' is {type(files).__name__}, not a non-empty object"
+    for name, meta in files.items():
+        if not _plain_name(name):
+            return f"manifest names a file outside the entry: {name!r}"
+        size = meta.get("size") if isinstance(meta, dict) else None
+        if not (isinstance(size, int) and not isinstance(size, bool) and isinstance(meta.get("sha256"), str)):
+            return f"manifest record of {name!r} is not {{size: int, sha256: str}}: {meta!r}"
+    if not isinstance(manifest.get("model_file"), str) or manifest["model_file"] not in files:
+        return f"manifest 'model_file' {manifest.get('model_file')!r} is not one of its files"
+    return ""
+
+
+def _files_problem(entry: Path, files: dict[str, Any]) -> str:
+    """Which file of ``entry`` does not match the manifest ("" if all do and none is extra)."""
+    extra = sorted(p.name for p in entry.iterdir() if p.name != MANIFEST and p.name not in files)
+    if extra:
+        return f"unexpected file {extra[0]} (not in the manifest)"
+    for name, meta in files.items():
+        f = entry / name
+        if not f.is_file():
+            return f"missing file {name}"
+        size = f.stat().st_size
+        if size != meta["size"]:
+            return f"{name} has {size} bytes, manifest says {meta['size']}"
+        if file_digest(f) != meta["sha256"]:
+            return f"{name} does not match its sha256"
+    return ""
+
+
 def _check(entry: Path) -> tuple[dict[str, Any] | None, str]:
     """(manifest, "") if ``entry`` is complete and intact, else (None, why not)."""
     try:
         manifest = json.loads((entry / MANIFEST).read_text())
-        files = manifest["files"]
     except FileNotFoundError:
         return None, "missing manifest"
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError) as e:  # not a directory, unreadable, not JSON, not UTF-8
         return None, f"unreadable manifest: {e}"
-    for name, meta in files.items():
-        f = entry / name
+    why = _manifest_problem(manifest)
+    if not why:
         try:
-            size = f.stat().st_size
-        except FileNotFoundError:
-            return None, f"missing file {name}"
-        if size != meta["size"]:
-            return None, f"{name} has {size} bytes, manifest says {meta['size']}"
-        if file_digest(f) != meta["sha256"]:
-            return None, f"{name} does not match its sha256"
-    return manifest, ""
+            why = _files_problem(entry, manifest["files"])
+        except OSError as e:
+            why = f"unreadable file: {e}"
+    return (None, why) if why else (manifest, "")
 
 
 def _remove(path: Path) -> None:
     """Move aside then delete, so a reader never sees a half-deleted entry under its name."""
-    if not path.exists():
+    if not os.path.lexists(path):
         return
-    trash = path.with_name(f".{path.name}.trash-{os.getpid()}-{time.monotonic_ns()}")
+    trash = path.with_name(f"{temp_prefix(path.name, 'trash')}{time.monotonic_ns()}")
     os.replace(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
+    if trash.is_dir() and not trash.is_symlink():
+        shutil.rmtree(trash, ignore_errors=True)  # a leftover is removed by a later run
+    else:
+        trash.unlink()
+
+
+def _lock(root: Path, key: str) -> Any:
+    return waiting_lock(root / f"{key}.lock", doing="building the ONNX graph", path=root / key,
+                        timeout_s=LOCK_TIMEOUT_S, every_s=LOCK_REPORT_EVERY_S)
+
+
+def _build_busy(leftover: Path) -> bool:
+    """Is the build that a temporary directory belongs to still running (its key locked)?"""
+    key = leftover.name[1:].split(".", 1)[0]
+    return lock_is_held(leftover.parent / f"{key}.lock")
 
 
 def get_or_build(
@@ -101,38 +171,85 @@ def get_or_build(
     ``model_file``); file sizes/digests and ``describe`` are added here.
     """
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(root, busy=_build_busy)
     entry = root / key
     manifest, why = _check(entry)
     if manifest is not None:
         log.info("onnx.cache.hit", key=key, path=str(entry))
         return CacheEntry(entry, manifest, built=False)
 
-    with FileLock(str(root / f"{key}.lock"), timeout=LOCK_TIMEOUT_S):
+    with _lock(root, key):
         # Someone else may have built it while we waited for the lock.
         manifest, why = _check(entry)
         if manifest is not None:
             log.info("onnx.cache.hit", key=key, path=str(entry), waited_for_other_process=True)
             return CacheEntry(entry, manifest, built=False)
-        if entry.exists():
+        if os.path.lexists(entry):
             log.warning("onnx.cache.corrupt", key=key, path=str(entry), reason=why, action="rebuild")
             _remove(entry)
         else:
             log.info("onnx.cache.miss", key=key, path=str(entry))
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=root))
-        try:
-            fields = build(tmp)
-            files = {
-                f.name: {"size": f.stat().st_size, "sha256": file_digest(f)}
-                for f in sorted(tmp.iterdir())
-                if f.is_file()
-            }
-            manifest = {**fields, "key": key, "inputs": dict(describe), "files": files,
-                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-            os.replace(tmp, entry)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        manifest = _build_into(root, key, build, describe)
     log.info("onnx.cache.stored", key=key, path=str(entry),
              bytes=sum(m["size"] for m in manifest["files"].values()))
     return CacheEntry(entry, manifest, built=True)
+
+
+def _build_into(root: Path, key: str, build: Callable[[Path], dict[str, Any]],
+                describe: Mapping[str, Any]) -> dict[str, Any]:
+    """Build in a temporary sibling (named for this process) and rename it to ``root/key``."""
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(key), dir=root))
+    try:
+        fields = build(tmp)
+        files = {
+            f.name: {"size": f.stat().st_size, "sha256": file_digest(f)}
+            for f in sorted(tmp.iterdir())
+            if f.is_file()
+        }
+        manifest = {**fields, "key": key, "inputs": dict(describe), "files": files,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+        os.replace(tmp, root / key)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def invalidate(entry: CacheEntry) -> None:
+    """Remove ``entry`` (found damaged by its user), unless another process already replaced it."""
+    with _lock(entry.path.parent, entry.path.name):
+        manifest, _ = _check(entry.path)
+        if manifest is None or manifest.get("created") == entry.manifest.get("created"):
+            _remove(entry.path)
+
+
+def use_entry(get: Callable[[], CacheEntry], use: Callable[[CacheEntry], T]) -> T:
+    """``use(get())``; if ``use`` finds the cached entry damaged (:class:`DamagedEntry`), log it,
+    rebuild it once and use the new one. An entry this call built that cannot be used is a
+    :class:`ModelLoadError` (no second rebuild)."""
+    entry = get()
+    try:
+        return use(entry)
+    except DamagedEntry as e:
+        if not e.concerns(entry):
+            raise
+        if entry.built:
+            raise _unusable(entry, e) from e
+        log.warning("onnx.cache.corrupt", key=entry.path.name, path=str(entry.path), reason=e.reason,
+                    action="rebuild")
+        invalidate(entry)
+    entry = get()
+    try:
+        return use(entry)
+    except DamagedEntry as e:
+        if not e.concerns(entry):
+            raise
+        raise _unusable(entry, e) from e
+
+
+def _unusable(entry: CacheEntry, e: DamagedEntry) -> ModelLoadError:
+    return ModelLoadError(
+        f"the ONNX graph cache entry {entry.path} was just built, and still cannot be used: {e.reason}. "
+        f"This is a bug in the graph builder or an onnxruntime that cannot run it: try backend.graph=export "
+        f"(the generic torch.onnx export) or backend=cpu, and report it.")

