@@ -18,6 +18,7 @@ from .errors import (
     ModelLoadError,
     PluginError,
     PlugstackError,
+    StorageError,
     UnknownPluginError,
     UnsupportedOptionError,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "SlotState",
     "StepOutput",
     "StepSignature",
+    "StorageError",
     "TensorSlots",
     "TensorSpec",
     "Tokenizer",

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import logs
 from .app import RunContext
 from .config import check_keys
-from .errors import BackendUnavailableError, PlugstackError, Terminated
+from .errors import BackendUnavailableError, PlugstackError, StorageError, Terminated
 from .files import atomic_write
 from .registry import Registry, get_registry
 
@@ -55,23 +55,22 @@ _ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, err
 
 
 def environment_error(exc: OSError) -> PlugstackError | None:
-    """An OS error caused by the environment as a clear error naming the path and the
-    variable that moves it; ``None`` for other OS errors."""
+    """An OS error caused by the environment as a :class:`StorageError` naming the path and
+    the variable that moves it; ``None`` for other OS errors."""
     if exc.errno not in _ENVIRONMENT_ERRNOS:
         return None
-    from .files import cache_dir
+    from .files import cache_dir, home_setting, storage_error
 
-    path = str(exc.filename or "")
-    roots = {"PLUGSTACK_HOME": str(cache_dir()), "PLUGSTACK_OUTPUTS": os.environ.get("PLUGSTACK_OUTPUTS", "")}
-    owner = next((var for var, root in roots.items() if root and path.startswith(root)), None)
-    where = f"{path}: " if path else ""
-    if owner is not None:
-        todo = f"set {owner} to a directory you can write (now {roots[owner]})"
-    elif exc.errno == errno.ENOSPC:
-        todo = "free some space, or set PLUGSTACK_HOME / PLUGSTACK_OUTPUTS to a disk that has it"
-    else:
-        todo = "check the path, or set PLUGSTACK_OUTPUTS (run directories) / PLUGSTACK_HOME (caches) elsewhere"
-    return PlugstackError(f"cannot write {where}{exc.strerror or exc}. {todo[0].upper()}{todo[1:]}.")
+    path = Path(os.path.abspath(exc.filename)) if isinstance(exc.filename, str) else None
+    outputs = Path(os.path.abspath(os.environ.get("PLUGSTACK_OUTPUTS") or "outputs"))
+    for root, what, setting in ((outputs, "run directories", "PLUGSTACK_OUTPUTS"),
+                                (cache_dir(), "the cache", home_setting())):
+        related = path is not None and (path.is_relative_to(root) or root.is_relative_to(path))
+        err = storage_error(exc, root, what=what, setting=setting) if related else None
+        if err is not None:
+            return err
+    return StorageError(f"cannot write {exc.filename or 'a file'}: {exc.strerror or exc}. Check the path; "
+                        "PLUGSTACK_OUTPUTS moves run directories and PLUGSTACK_HOME the caches.")
 
 
 def _output_dir() -> Path:
