@@ -278,3 +278,37 @@ def test_closed_stdout_ends_quietly(tmp_path, tiny_model_dir):
     proc.wait(timeout=60)
     check(Result(proc.returncode, "", stderr), 141)
     assert "BrokenPipeError" not in stderr and "Exception ignored" not in stderr
+
+
+# -- the README's promise --------------------------------------------------------------------
+
+
+def test_readme_exit_codes_are_the_ones_runs_end_with():
+    from plugstack.errors import ConfigError, Terminated
+    from plugstack.run import exit_code
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## Errors and exit codes")[1].split("\n## ")[0]
+    documented = {int(code) for code in re.findall(r"^\| (\d+) \|", section, re.M)}
+    ends = {0: None, 1: RuntimeError("a bug"), 2: ConfigError("yours"), 130: KeyboardInterrupt(),
+            141: BrokenPipeError(), 143: Terminated()}
+    assert documented == set(ends)
+    for code, error in ends.items():
+        assert exit_code(0, error) == code
+
+
+def test_a_bug_exits_1_with_the_traceback_to_report(tmp_path, tiny_model_dir):
+    _dist("buggy", {"buggy": "buggy_mod"}, {"buggy_mod": (
+        "import plugstack\n"
+        "class Buggy(plugstack.App):\n"
+        "    def run(self, ctx):\n"
+        "        raise RuntimeError('an honest bug')\n"
+        "@plugstack.hookimpl\n"
+        "def plugstack_register_apps(register):\n"
+        "    register('buggy', Buggy)\n")})(tmp_path)
+    result = run(["app=buggy"], env={"PYTHONPATH": str(tmp_path / "site"), "PLUGSTACK_OUTPUTS": str(tmp_path)})
+    assert result.code == 1
+    assert "Traceback (most recent call last)" in result.stderr and "an honest bug" in result.stderr
+    assert "This is a bug in plugstack or a plugin" in result.stderr
+    (record,) = [json.loads(p.read_text()) for p in tmp_path.rglob("run.json")]
+    assert record["exit_code"] == 1
