@@ -3,6 +3,7 @@ one promise every row checks (exit code, no traceback, stderr names the problem)
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -40,3 +41,24 @@ def check(result: Result, code: int, says: Sequence[str] = ()) -> None:
         assert phrase in result.stderr, f"stderr does not say {phrase!r}\n{tail}"
     if code == 2:
         assert "plugstack: error: " in result.stderr, tail
+
+
+def deny_writes_under(monkeypatch, root):
+    """Make ``root`` unwritable as a non-root user sees it (root itself writes through modes)."""
+    real_mkdir, real_open = os.mkdir, os.open
+
+    def denied(path):
+        return str(os.path.abspath(path)).startswith(str(root))
+
+    def mkdir(path, *args, **kwargs):
+        if denied(path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    def open_(path, flags, *args, **kwargs):
+        if denied(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "open", open_)

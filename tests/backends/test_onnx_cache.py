@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from badinput import deny_writes_under
 from filelock import FileLock
 from structlog.testing import capture_logs
 
@@ -308,11 +309,12 @@ def test_plugstack_home_that_is_a_file_is_a_clear_error(tiny, tmp_path, monkeypa
         OnnxBackend(cfg(tmp_path, cache_dir=None)).prepare(tiny)
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes through permissions")
-def test_an_unwritable_cache_dir_is_a_clear_error(tiny, tmp_path):
-    tmp_path.joinpath("ro").mkdir(mode=0o500)
+def test_an_unwritable_cache_dir_is_a_clear_error(tiny, tmp_path, monkeypatch):
+    tmp_path.joinpath("ro").mkdir()
+    deny_writes_under(monkeypatch, tmp_path / "ro")
     with pytest.raises(StorageError, match=r"Permission denied.*Set backend.cache_dir"):
         OnnxBackend(cfg(tmp_path / "ro" / "cache")).prepare(tiny)
+
 
 
 class FullDiskProgram:

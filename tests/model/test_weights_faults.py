@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from badinput import deny_writes_under
 from filelock import FileLock
 from structlog.testing import capture_logs
 
@@ -112,9 +113,9 @@ def test_plugstack_home_that_is_a_file_is_a_clear_error(fake, home):
         weights.known_path("fake")
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes through permissions")
-def test_an_unwritable_plugstack_home_is_a_clear_error(fake, home):
-    home.mkdir(mode=0o500)
+def test_an_unwritable_plugstack_home_is_a_clear_error(fake, home, monkeypatch):
+    home.mkdir()
+    deny_writes_under(monkeypatch, home)
     with pytest.raises(StorageError, match=r"Permission denied.*Set PLUGSTACK_HOME"):
         weights.known_path("fake")
 
@@ -158,3 +159,4 @@ def test_waiting_for_another_process_fetching_is_logged(fake, home):
     assert waiting and waiting[0]["log_level"] == "warning"
     assert waiting[0]["message"] == (f"waiting for another plugstack process fetching model.gguf at {target}; "
                                      f"lock file {target}.lock")
+
