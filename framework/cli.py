@@ -230,8 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_choices(_overrides(argv))
             if "--help" in argv or "-h" in argv:
                 return _help(argv)
-        except PlugstackError as exc:
-            return _fail(str(exc))
+        except Exception as exc:
+            return _failure(exc)
         return _run_hydra(argv)
 
 

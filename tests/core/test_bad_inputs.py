@@ -30,7 +30,7 @@ class Case:
     setup: Callable[[Path], None] | None = None
     #: Checks what the run kept (or did not touch), given the case's directory and result.
     keeps: Callable[[Path, Result], None] | None = None
-    #: Runs the tiny llama model (``model=llama model.path=...`` come first).
+    #: Runs the tiny llama model (``model=llama model.path=...`` are added).
     model: bool = False
 
 
@@ -81,6 +81,12 @@ def _broken(name: str, error: str) -> Callable[[Path, Result], None]:
         assert plugins["llama"]["status"] == "ok" and plugins["generate"]["status"] == "ok"
 
     return keeps
+
+
+def _run_codes(tmp: Path, codes: list[int]) -> None:
+    """Every job of a sweep wrote its run.json, failed or not."""
+    found = sorted(json.loads(p.read_text())["exit_code"] for p in (tmp / "runs").rglob("run.json"))
+    assert found == codes
 
 
 def _ok(plugin: dict) -> None:
@@ -176,6 +182,12 @@ CASES = [
          ["backend 'auto' has no option 'threads'", "is an option of backend cpu, onnx"]),
     Case("plus-unknown-model-key", ["+model.nope=1"], 2, ["model 'llama' has no option 'nope'"]),
     Case("nested-unknown-key", ["model.nope.deep=1"], 2, ["model 'llama' has no option 'nope'"]),
+    Case("misspelt-key-with-help", ["--help", "app.max_tokns=4"], 2, ["has no option 'max_tokns'"]),
+    Case("misspelt-key-with-cfg-job", ["--cfg", "job", "app.max_tokns=4"], 2, ["has no option 'max_tokns'"],
+         keeps=lambda tmp, r: _absent("app:", r.stdout)),
+    Case("bad-value-in-one-job-of-a-sweep", ["--multirun", "backend=cpu", "app.temperature=0,-1",
+                                             "app.max_new_tokens=2"], 2, ["temperature=-1.0"], model=True,
+         keeps=lambda tmp, r: _run_codes(tmp, [0, 2])),
     Case("wrong-type", ["app.max_new_tokens=abc"], 2, ["app.max_new_tokens: Value 'abc'"]),
     Case("wrong-enum", ["log.level=LOUD"], 2, ["log.level: Invalid value 'LOUD'"]),
     Case("grammar", ["app.prompt=a,b"], 2, ["Ambiguous value for argument 'app.prompt=a,b'"]),
@@ -219,7 +231,7 @@ def test_bad_input(case: Case, tmp_path: Path, tiny_model_dir: Path) -> None:
 
     argv = [fill(a) for a in case.argv]
     if case.model:
-        argv = ["model=llama", f"model.path={tiny_model_dir}", *argv]
+        argv = [*argv, "model=llama", f"model.path={tiny_model_dir}"]
     env = {"PLUGSTACK_OUTPUTS": str(tmp_path / "runs"), "PLUGSTACK_HOME": str(tmp_path / "home"),
            **{k: fill(v) for k, v in case.env.items()}}
     result = run(argv, env=env, timeout=120)
