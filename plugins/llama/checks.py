@@ -70,16 +70,16 @@ def integer(value: Any, key: str, where: Any, *, low: int = 1, high: int | None 
     raise broken(f"{key} is {shown(value)}, expected {kind}{f' up to {high}' if high else ''}", where)
 
 
-def number(value: Any, key: str, where: Any, *, low: float = 0.0, below: float | None = None) -> float:
-    """``value`` as a float if it is a finite number, above ``low`` (or equal when ``low`` is 0)
-    and below ``below``."""
+def number(value: Any, key: str, where: Any, *, positive: bool = True, below: float | None = None) -> float:
+    """``value`` as a float if it is a finite number, above 0 (or at least 0 unless
+    ``positive``) and below ``below``."""
     try:
         x = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
     except OverflowError:  # an integer beyond float range
         x = math.inf
-    if math.isfinite(x) and (x > low or (low == 0 and x == 0)) and (below is None or x < below):
+    if math.isfinite(x) and (x > 0 or (x == 0 and not positive)) and (below is None or x < below):
         return x
-    span = f"in [{low:g}, {below:g})" if below is not None else ("non-negative" if low == 0 else f"above {low:g}")
+    span = ("above 0" if positive else "of at least 0") + (f" below {below:g}" if below else "")
     raise broken(f"{key} is {shown(value)}, expected a finite number {span}", where)
 
 
@@ -89,7 +89,7 @@ def context(value: Any, key: str, where: Any) -> int:
 
 
 def norm_eps(value: Any, key: str, where: Any) -> float:
-    return number(value, key, where, below=1.0)
+    return number(value, key, where, positive=False, below=1.0)
 
 
 def text(value: Any, key: str, where: Any) -> str:

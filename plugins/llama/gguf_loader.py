@@ -240,8 +240,10 @@ class _Cursor:
         if depth >= _MAX_DEPTH:
             raise _Corrupt(f"metadata key {key!r} nests arrays more than {_MAX_DEPTH} deep")
         sub, count = self.take("<I"), self.take("<Q")
-        if count > self.end - self.pos:
-            raise _Corrupt(f"metadata key {key!r} claims an array of {count} items, more than the file holds")
+        smallest = np.dtype(_DTYPES[sub]).itemsize if sub in _DTYPES else {_STRING: 8, _ARRAY: 12}.get(sub, 1)
+        if count * smallest > self.end - self.pos:
+            raise _Corrupt(f"metadata key {key!r} claims an array of {count} items, more than the file holds "
+                           f"(truncated or corrupt)")  # fmt: skip
         if sub in _DTYPES:
             arr = np.frombuffer(self.mm, dtype=_DTYPES[sub], count=count, offset=self.pos)
             self.pos += arr.nbytes
@@ -261,7 +263,8 @@ def _parse(path: Path):
         raise ModelLoadError(f"{path}: GGUF version {version} is not supported (only 2 and 3).")
     n_tensors, n_kv = cur.take("<Q"), cur.take("<Q")
     if n_kv * 13 + n_tensors * 32 > cur.end - cur.pos:  # the smallest entries a file can hold
-        raise _Corrupt(f"the header claims {n_kv} metadata keys and {n_tensors} tensors, more than the file holds")
+        raise _Corrupt(f"the header claims {n_kv} metadata keys and {n_tensors} tensors, more than the "
+                       f"{cur.end} bytes of the file hold (truncated or corrupt)")  # fmt: skip
     metadata: dict[str, Any] = {}
     tok: dict[str, Any] = {}
     for _ in range(n_kv):
