@@ -9,9 +9,9 @@ mirrors transformers' (``trim_blocks``, ``lstrip_blocks``, ``loopcontrols``,
 rendered text is the same as ``apply_chat_template(..., tokenize=False)``.
 
 The sandbox stops code, not work, so a render is also bounded (:mod:`.template_bounds`):
-in time, by a deadline checked on every line the template runs, and in size, by checks
-on the operators, calls, filters and concatenations that make big values and on the
-output as it is generated. A template that breaks either bound, or fails on its own,
+in time, by a deadline checked at every loop iteration and macro call, and in size, by
+checks on the operators, calls, filters and concatenations that make big values and on
+the output as it is generated. A template that breaks either bound, or fails on its own,
 is a broken model file; its own ``raise_exception`` rejects the messages instead.
 """
 

@@ -6,9 +6,11 @@ build a string of gigabytes (``"x" * 2000000000``). Here:
 - size: operators (``*``, ``**``, ``+``, ``%``), calls, filters and ``~`` concatenations
   are checked, before they run where their arguments say how big the result will be,
   and on their result otherwise; the output is counted as it is generated;
-- time: a wall-clock deadline checked on every line the template's code runs, through
-  a ``sys.settrace`` tracer of the rendering thread only (no signals: renders may run in
-  worker threads), which restores whatever tracer was there before.
+- time: a wall-clock deadline checked at the top of every loop iteration and macro call,
+  compiled into the template. Those are the only ways a Jinja template repeats work (it
+  has no while), and everything between two checks is bounded by the size checks. Unlike
+  a ``sys.settrace`` tracer this costs one call per iteration, works in any thread (no
+  signals) and leaves debuggers' and coverage's tracers alone.
 
 Both raise :class:`Exceeded`, whose message completes "its chat template ...".
 """
@@ -18,7 +20,6 @@ from __future__ import annotations
 import contextvars
 import functools
 import re
-import sys
 import time
 from typing import Any
 
@@ -34,8 +35,10 @@ __all__ = ["MAX_TEMPLATE_CHARS", "Exceeded", "bounded_environment", "bounded_ren
 MAX_TEMPLATE_CHARS = 1 << 20
 #: Bits of an integer a template may compute with ``**`` (2**65536 is 20k digits).
 _MAX_INT_BITS = 1 << 16
-#: Characters (or items) a value of the render in progress may have.
+#: Characters (or items) a value of the render in progress may have, and its deadline.
 _LIMIT: contextvars.ContextVar[int] = contextvars.ContextVar("template_output_limit", default=1 << 22)
+_DEADLINE: contextvars.ContextVar[tuple[float, float]] = contextvars.ContextVar("template_deadline",
+                                                                                default=(float("inf"), 0.0))
 #: Widths and precisions of "%" fields and of str.format fields.
 _PERCENT_SPEC = re.compile(r"%[-#0 +]*(\d*)(?:\.(\d+))?")
 _BRACE_SPEC = re.compile(r"\{[^{}]*?:[^{}\d]*(\d+)(?:\.(\d+))?[^{}]*\}")
@@ -73,23 +76,50 @@ def _check_format(fmt: str, spec: re.Pattern) -> None:
 
 
 class _Generator(CodeGenerator):
-    """Compiles ``a ~ b`` so that its result is checked too."""
+    """Compiles ``a ~ b`` so that its result is checked too, and the bodies of loops and
+    macros (call blocks are macros) so that they start with a deadline check."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ticking: set[int] = set()  # ids of the body lists that get a check
 
     def visit_Concat(self, node, frame) -> None:
         self.write("environment.sized(")
         super().visit_Concat(node, frame)
         self.write(")")
 
+    def visit_For(self, node, frame) -> None:
+        self._ticking.add(id(node.body))
+        super().visit_For(node, frame)
+
+    def macro_body(self, node, frame):
+        self._ticking.add(id(node.body))
+        return super().macro_body(node, frame)
+
+    def blockvisit(self, body, frame) -> None:
+        if id(body) in self._ticking:
+            self.writeline("environment.tick()")
+        super().blockvisit(body, frame)
+
+
+def tick() -> None:
+    deadline, seconds = _DEADLINE.get()
+    if time.monotonic() > deadline:
+        raise Exceeded(f"ran for more than {seconds:g} s")
+
 
 class _BoundedEnvironment(ImmutableSandboxedEnvironment):
     code_generator_class = _Generator
     intercepted_binops = frozenset({"*", "**", "+", "%"})
     sized = staticmethod(sized)
+    tick = staticmethod(tick)
 
     def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
+        # One frame per operator: each Python call also costs a trace event.
+        limit = _LIMIT.get()
         if operator == "*":
             for seq, n in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(n, int):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > limit:
                     _too_big(len(seq) * n, "a repetition")
         elif operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1:
             if right * left.bit_length() > _MAX_INT_BITS:
@@ -97,7 +127,10 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
         elif operator == "%" and isinstance(left, str):
             _check_format(left, _PERCENT_SPEC)
             _check_args(right if isinstance(right, tuple) else (right,), {})
-        return sized(super().call_binop(context, operator, left, right))
+        value = self.binop_table[operator](left, right)
+        if isinstance(value, (str, list, tuple, dict)) and len(value) > limit:
+            _too_big(len(value), "a value")
+        return value
 
     def call(__self, __context, __obj, *args: Any, **kwargs: Any) -> Any:
         _check_args(args, kwargs)
@@ -129,27 +162,10 @@ def bounded_environment() -> _BoundedEnvironment:
     )
 
 
-def _deadline_tracer(seconds: float):
-    deadline = time.monotonic() + seconds
-
-    def local(frame, event, arg):
-        if time.monotonic() > deadline:  # raising from a tracer also switches it off
-            raise Exceeded(f"ran for more than {seconds:g} s")
-        return local
-
-    def calls(frame, event, arg):
-        if time.monotonic() > deadline:
-            raise Exceeded(f"ran for more than {seconds:g} s")
-        return local if frame.f_code.co_filename == "<template>" else None
-
-    return calls
-
-
 def bounded_render(template: jinja2.Template, limit: int, seconds: float, **context: Any) -> str:
     """``template.render(**context)``, in at most ``limit`` characters and ``seconds``."""
-    token = _LIMIT.set(limit)
-    previous = sys.gettrace()
-    sys.settrace(_deadline_tracer(seconds))
+    limit_token = _LIMIT.set(limit)
+    deadline_token = _DEADLINE.set((time.monotonic() + seconds, seconds))
     try:
         parts, total = [], 0
         for chunk in template.generate(**context):
@@ -159,5 +175,5 @@ def bounded_render(template: jinja2.Template, limit: int, seconds: float, **cont
             parts.append(chunk)
         return "".join(parts)
     finally:
-        sys.settrace(previous)
-        _LIMIT.reset(token)
+        _DEADLINE.reset(deadline_token)
+        _LIMIT.reset(limit_token)
