@@ -128,7 +128,7 @@ def _gguf_vocab(meta: dict[str, Any], where: str) -> tuple[list[str], list[tuple
     kind = meta.get("tokenizer.ggml.model")
     if kind is None:
         raise broken("metadata key tokenizer.ggml.model is missing", where)
-    if kind != "gpt2":
+    if text(kind, "tokenizer.ggml.model", where) != "gpt2":
         raise ModelLoadError(
             f"{where}: tokenizer model {shown(kind)} is not supported (only 'gpt2' byte-level BPE, used by "
             f"SmolLM, Llama 3 and Qwen2). Use a Hugging Face directory with tokenizer.json instead."

@@ -1,7 +1,8 @@
 """A model file's content is not trusted: every way a field can be wrong ends in one
 ``ModelLoadError`` reading ``model file is broken: <what>, in <where>. <what to do>``,
-raised before anything sized by the file is built. One row per case: GGUF header and
-metadata, Hugging Face files, chat-template bounds; a few rows through the real command."""
+raised before any tensor is read or anything sized by the file is built. One row per case:
+GGUF header and metadata, Hugging Face files; a few rows through the real command (the
+chat-template bounds have their own table in test_chat_template_bounds.py)."""
 
 from __future__ import annotations
 
@@ -12,27 +13,29 @@ from pathlib import Path
 
 import gguf_bytes as gb
 import pytest
+from badinput import check, run
 from gguf_bytes import ARRAY, FLOAT32, INT32, STRING, UINT32, UINT64
 
-from plugstack import GenerationError, ModelLoadError
-from plugstack.plugins.llama.chat_template import ChatTemplate
+from plugstack import ModelLoadError
 from plugstack.plugins.llama.loader import load_path
-
-_BASE: dict[str, Path] = {}
 
 
 @pytest.fixture
-def tiny_gguf(gguf_writer, tmp_path_factory) -> Path:
-    """A valid 2-block llama GGUF (vocab 128, hidden 64, 4 heads over 2 KV heads), written once."""
-    if "gguf" not in _BASE:
-        from plugstack.plugins.llama.model import Llama, init_weights
-        from plugstack.testing import tiny_llama_config
+def tiny_gguf(tiny_gguf_file) -> Path:
+    return tiny_gguf_file
 
-        cfg = tiny_llama_config(context_length=256)
-        module = init_weights(Llama(cfg), seed=1, std=0.1)
-        state = {k: v.detach().numpy().copy() for k, v in module.state_dict().items() if k != "lm_head.weight"}
-        _BASE["gguf"] = gguf_writer(tmp_path_factory.mktemp("gguf") / "tiny.gguf", state, cfg)
-    return _BASE["gguf"]
+
+@pytest.fixture
+def nothing_read(monkeypatch):
+    """Fail if a tensor is read or the module built: every check comes before those."""
+    from plugstack.plugins.llama import gguf_loader, hf_loader, loader
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tensors were read or the module built before the file was checked")
+
+    monkeypatch.setattr(gguf_loader.GGUFContents, "load_state_dict", refuse)
+    monkeypatch.setattr(hf_loader, "load_hf_state_dict", refuse)
+    monkeypatch.setattr(loader, "_build_module", refuse)
 
 
 def _assert_broken(error: ModelLoadError, where: Path) -> None:
@@ -163,7 +166,7 @@ GGUF_CASES += [
 
 
 @pytest.mark.parametrize(("mutate", "says"), [pytest.param(m, s, id=i) for i, m, s in GGUF_CASES])
-def test_broken_gguf(mutate, says, tiny_gguf, tmp_path):
+def test_broken_gguf(mutate, says, tiny_gguf, tmp_path, nothing_read):
     g = gb.read(tiny_gguf)
     out = mutate(g)
     path = tmp_path / "bad.gguf"
@@ -301,74 +304,72 @@ def hf_copy(tiny_model_dir, tmp_path) -> Path:
 
 
 @pytest.mark.parametrize(("mutate", "file", "says"), [pytest.param(m, f, s, id=i) for i, m, f, s in HF_CASES])
-def test_broken_hf_directory(mutate, file, says, hf_copy):
+def test_broken_hf_directory(mutate, file, says, hf_copy, nothing_read):
     mutate(hf_copy)
     with pytest.raises(ModelLoadError, match=says) as e:
         load_path(hf_copy)
     _assert_broken(e.value, hf_copy / file if file else hf_copy)
 
 
-# -- chat-template bounds ---------------------------------------------------------------------
+@pytest.mark.parametrize(("tie", "bias"), [(True, False), (False, True)])
+def test_expected_shapes_are_the_modules(tie, bias, tiny_llama_config):
+    """The shapes the files are checked against before building are the module's own."""
+    from plugstack.plugins.llama.checks import expected_shapes
+    from plugstack.plugins.llama.model import Llama, LlamaConfig
 
-HI = [{"role": "user", "content": "hi"}]
-TEMPLATE_CASES = [
-    ("range-huge", "{% for i in range(100000000) %}x{% endfor %}", {}, r"a width or count of 100000000"),
-    ("repeat-huge", "{{ 'x' * 2000000000 }}", {}, r"would make a repetition of 2000000000 characters"),
-    ("repeat-list", "{{ messages * 100000000 }}", {}, r"a repetition of 100000000"),
-    ("doubling-concat", "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}"
-     "{% endfor %}{{ ns.s }}", {}, r"would make a value of \d+ characters"),
-    ("filter-width", "{{ 'x' | center(1000000000) }}", {}, r"a width or count of 1000000000"),
-    ("method-width", "{{ 'x'.ljust(1000000000) }}", {}, r"a width or count of 1000000000"),
-    ("format-width", "{{ '{:>1000000000}'.format('x') }}", {}, r"a formatted field of 1000000000"),
-    ("percent-width", "{{ '%1000000000s' % 'x' }}", {}, r"a formatted field of 1000000000"),
-    ("power-huge", "{{ 2 ** 1000000000 }}", {}, r"would compute 2 \*\* 1000000000"),
-    ("output-huge", "{% for i in range(100000) %}{{ 'y' * 1000 }}{% endfor %}", {}, r"would write more than \d+ char"),
-    ("output-bound", "{% for i in range(99) %}{{ messages[0].content }}{% endfor %}", {"base_chars": 100},
-     r"would write more than 124 characters"),
-    ("loops-forever", "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
-     {"max_seconds": 0.2}, r"its chat template ran for more than 0\.2 s"),
-    ("recursion", "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", {},
-     r"fails on these messages \(RecursionErr"),
-    ("division-by-zero", "{{ 1 / 0 }}", {}, r"fails on these messages \(ZeroDivisionError"),
-    ("overflow", "{{ 10.0 ** 400 }}", {}, r"fails on these messages \(OverflowError"),
-    ("undefined", "{{ nothing.at.all }}", {}, r"fails on these messages \(UndefinedError"),
-    ("sandbox", "{{ ''.__class__.__mro__ }}", {}, r"tried something the sandbox forbids"),
-    ("template-huge", "x" * (2 << 20), {}, r"its chat template is 2097152 characters long"),
+    cfg = LlamaConfig(**{**tiny_llama_config.to_dict(), "tie_embeddings": tie, "qkv_bias": bias})
+    shapes = {k: tuple(v.shape) for k, v in Llama(cfg).state_dict().items()}
+    if tie:
+        del shapes["lm_head.weight"]
+    assert expected_shapes(cfg.to_dict()) == shapes
+
+
+# -- through the command line: exit 2, one clear line, no traceback ----------------------------
+
+
+def _gguf(mutate):
+    def build(tmp_path, tiny_gguf, hf_copy):
+        g = gb.read(tiny_gguf)
+        out = mutate(g)
+        path = tmp_path / "bad.gguf"
+        path.write_bytes(out if isinstance(out, bytes) else gb.encode(g))
+        return path
+
+    return build
+
+
+def _hf(mutate):
+    def build(tmp_path, tiny_gguf, hf_copy):
+        mutate(hf_copy)
+        return hf_copy
+
+    return build
+
+
+def _template(text: str):
+    return _gguf(lambda g: g.set("tokenizer.chat_template", STRING, text))
+
+
+CLI_CASES = [
+    ("gguf-block_count", _gguf(lambda g: g.set("llama.block_count", STRING, "abc")), ["llama.block_count is 'abc'"]),
+    ("gguf-alignment", _gguf(lambda g: g.set("general.alignment", UINT32, 0)), ["general.alignment is 0"]),
+    ("gguf-merge", _gguf(lambda g: g.set("tokenizer.ggml.merges", ARRAY, (STRING, ["a b", "abc"]))),
+     ["tokenizer.ggml.merges[1] is 'abc'"]),
+    ("gguf-truncated", _gguf(_cut(200_000)), ["' ends at byte", "but the file has only 200000 bytes (truncated)"]),
+    ("template-repeat", _template("{{ 'x' * 2000000000 }}"), ["its chat template would make a repetition"]),
+    ("template-range", _template("{% for i in range(100000000) %}x{% endfor %}"),
+     ["its chat template would make a width or count of 100000000"]),
+    ("hf-index-escape", _hf(_index(**{_Q: "../outside.safetensors"})),
+     ["'../outside.safetensors', which is not a file inside the model directory", "model.safetensors.index.json"]),
+    ("hf-generation-config", _hf(_write("generation_config.json", "{")), ["generation_config.json is not valid JSON"]),
+    ("hf-template-not-utf8", _hf(_write("chat_template.jinja", b"\xff{{ x }}")), ["chat_template.jinja is not UTF-8"]),
+    ("hf-kv-heads", _hf(_edit_json("config.json", num_key_value_heads=3)), ["num_key_value_heads is 3"]),
 ]
 
 
-@pytest.mark.parametrize(("template", "limits", "says"), [pytest.param(t, k, s, id=i) for i, t, k, s in TEMPLATE_CASES])
-def test_template_bounds(template, limits, says):
-    with pytest.raises(ModelLoadError, match=says) as e:
-        t = ChatTemplate(template, source="/models/evil.gguf")
-        for k, v in limits.items():
-            setattr(t, k, v)
-        t.render(HI)
-    _assert_broken(e.value, Path("/models/evil.gguf"))
-
-
-def test_template_still_renders_and_still_raises():
-    """Bounds change nothing for a real template; its own raise_exception rejects messages."""
-    t = ChatTemplate("{% for m in messages %}{{ m.role }}: {{ m.content ~ '!' }}|{% endfor %}{{ '%-3s' % 'a' }}"
-                     "{{ 'b' * 3 }}{{ [1] * 2 }}{{ '{:>3}'.format(1) }}", source="x.gguf")  # fmt: skip
-    assert t.render([*HI, {"role": "assistant", "content": "yo"}]) == "user: hi!|assistant: yo!|a  bbb[1, 1]  1"
-    with pytest.raises(GenerationError, match="rejected the messages: nope"):
-        ChatTemplate("{{ raise_exception('nope') }}").render(HI)
-
-
-def test_template_restores_tracer():
-    import sys
-
-    def mine(frame, event, arg):
-        return None
-
-    sys.settrace(mine)
-    try:
-        ChatTemplate("{{ 1 }}").render(HI)
-        with pytest.raises(ModelLoadError):
-            t = ChatTemplate("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}")
-            t.max_seconds = 0.05
-            t.render(HI)
-        assert sys.gettrace() is mine
-    finally:
-        sys.settrace(None)
+@pytest.mark.parametrize(("build", "says"), [pytest.param(b, s, id=i) for i, b, s in CLI_CASES])
+def test_broken_model_file_on_the_command_line(build, says, tmp_path, tiny_gguf, hf_copy):
+    path = build(tmp_path, tiny_gguf, hf_copy)
+    result = run(["app=generate", "backend=cpu", "model=llama", f"model.path={path}", "app.max_new_tokens=2"],
+                 env={"PLUGSTACK_OUTPUTS": str(tmp_path), "PLUGSTACK_HOME": str(tmp_path / "home")})  # fmt: skip
+    check(result, 2, ["model file is broken", *says, "point model.path at another model"])
