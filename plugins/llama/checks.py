@@ -30,6 +30,7 @@ __all__ = [
     "integer",
     "norm_eps",
     "number",
+    "read_bytes",
     "read_json",
     "shown",
     "text",
@@ -115,11 +116,9 @@ def inside(directory: Path, name: Any, key: str, where: Any) -> Path:
 
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from ``path`` (UTF-8), or a broken-file error saying why not."""
-    size = path.stat().st_size
-    if size > _MAX_JSON_BYTES:
-        raise broken(f"{path.name} is {size} bytes, far more than such a file holds", path)
+    raw = read_bytes(path, _MAX_JSON_BYTES)
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise broken(f"{path.name} is not UTF-8 text (byte {e.start})", path) from None
     except RecursionError:
@@ -129,6 +128,18 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise broken(f"{path.name} holds {shown(data)}, expected a JSON object", path)
     return data
+
+
+def read_bytes(path: Path, most: int | None = None) -> bytes:
+    """The bytes of a file the model directory names, or a broken-file error (a directory
+    where a file belongs, unreadable, absurdly large)."""
+    try:
+        size = path.stat().st_size
+        if most is not None and size > most:
+            raise broken(f"{path.name} is {size} bytes, far more than such a file holds", path)
+        return path.read_bytes()
+    except OSError as e:
+        raise broken(f"{path.name} cannot be read ({e.strerror or e})", path) from None
 
 
 def check_hparams(h: Mapping[str, Any], keys: Mapping[str, str], where: Any) -> None:

@@ -158,13 +158,16 @@ _MAX_HEADER = 100 << 20  # the safetensors format's own limit
 
 def _header(f: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     """A safetensors file's header: tensor name -> (dtype, shape), each entry checked."""
-    size = f.stat().st_size
-    with open(f, "rb") as fh:
-        head = fh.read(8)
-        n = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if not 0 < n <= min(size - 8, _MAX_HEADER):
-            raise broken(f"the header length field says {n} bytes, but the file has {size} (truncated?)", f)
-        raw = fh.read(n)
+    try:
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            raw = fh.read(n) if 0 < n <= min(size - 8, _MAX_HEADER) else None
+    except OSError as e:
+        raise broken(f"{f.name} cannot be read ({e.strerror or e})", f) from None
+    if raw is None:
+        raise broken(f"the header length field says {n} bytes, but the file has {size} (truncated?)", f)
     try:
         header = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError

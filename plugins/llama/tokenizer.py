@@ -22,7 +22,7 @@ import structlog
 from plugstack.errors import ModelLoadError
 
 from .chat_template import ChatTemplate
-from .checks import broken, flag, integer, read_json, shown, text
+from .checks import broken, flag, integer, read_bytes, read_json, shown, text
 
 __all__ = ["LlamaTokenizer", "from_gguf_metadata", "from_hf_dir"]
 
@@ -247,7 +247,7 @@ def _template(directory: Path, tcfg: dict[str, Any]) -> tuple[str | None, Path]:
     jinja = directory / "chat_template.jinja"
     if jinja.exists():  # transformers >= 4.50 saves the template on its own
         try:
-            return jinja.read_bytes().decode("utf-8"), jinja
+            return read_bytes(jinja).decode("utf-8"), jinja
         except UnicodeDecodeError as e:
             raise broken(f"chat_template.jinja is not UTF-8 text (byte {e.start})", jinja) from None
     where, template = directory / "tokenizer_config.json", tcfg.get("chat_template")

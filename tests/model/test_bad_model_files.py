@@ -196,6 +196,14 @@ def _write(name: str, content: str | bytes):
     return mutate
 
 
+def _as_directory(name: str):
+    def mutate(d: Path):
+        (d / name).unlink(missing_ok=True)
+        (d / name).mkdir()
+
+    return mutate
+
+
 def _index(**edits):
     """A model.safetensors.index.json for the single file, with ``edits`` to its weight_map."""
 
@@ -271,6 +279,10 @@ HF_CASES = [
      r"'model\.norm\.weight': data_offsets is a list of 2 items, expected \[begin, end\] within the file"),
     ("config-vs-tensors", _edit_json("config.json", hidden_size=32, head_dim=16), "",
      r"tensor 'model\.embed_tokens\.weight' has shape \[320, 64\], expected \[320, 32\]"),
+    ("generation-config-a-directory", _as_directory("generation_config.json"), "generation_config.json",
+     r"generation_config\.json cannot be read \(Is a directory\)"),
+    ("shard-a-directory", _as_directory("model.safetensors"), "model.safetensors",
+     r"model\.safetensors cannot be read \(Is a directory\)"),
     ("generation-config-not-json", _write("generation_config.json", "{"), "generation_config.json",
      r"generation_config\.json is not valid JSON"),
     ("generation-config-a-list", _write("generation_config.json", "[1]"), "generation_config.json",
