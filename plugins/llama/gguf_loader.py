@@ -15,6 +15,7 @@ as transformers' GGUF loader does. ``qwen2`` files are not permuted (NeoX-style 
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from plugstack.errors import ModelLoadError
+
+from .checks import broken, check_tensors, shown
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "GGUFContents", "read_gguf", "unpermute_qk"]
 
@@ -84,10 +87,7 @@ class GGUFContents:
                     f"(F16, Q8_0, Q4_K_M, ...) or upgrade the gguf package."
                 ) from None
             except (ValueError, IndexError) as e:  # a block that does not fit its type
-                raise ModelLoadError(
-                    f"{self.path}: tensor {name!r} ({type_name}) could not be decoded ({e}); "
-                    f"the file is corrupt. Download it again."
-                ) from None
+                raise broken(f"tensor {name!r} ({type_name}) cannot be decoded ({e})", self.path) from None
             arr = np.asarray(arr, dtype=np.float32).reshape(shape)
             if permuted and name.endswith(("attn_q.weight", "attn_q.bias")):
                 arr = unpermute_qk(arr, n_heads)
@@ -140,38 +140,45 @@ def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
 
 
 def read_gguf(path: str | Path) -> GGUFContents:
-    """Open ``path``, validate it and describe its model; weights stay memory-mapped."""
+    """Open ``path``, validate it and describe its model; weights stay memory-mapped.
+
+    Everything the file says is checked here, hyper-parameters against the tensors
+    included, before any tensor is read or anything sized by the file is allocated."""
+    from .gguf_meta import gguf_hparams
+
     path = Path(path)
     _check_header(path)
     try:
         metadata, tok, infos, data_start, mm = _parse(path)
-    except ModelLoadError:
-        raise
-    except (struct.error, ValueError, IndexError, UnicodeDecodeError, OverflowError, MemoryError) as e:
-        raise ModelLoadError(
-            f"{path}: not a readable GGUF file ({type(e).__name__}: {e}). The file is probably "
-            f"truncated or corrupt; download it again."
-        ) from None
+    except _Corrupt as e:
+        raise broken(str(e), path) from None
     arch = metadata.get("general.architecture")
+    if not isinstance(arch, str):
+        raise broken(f"general.architecture is {'missing' if arch is None else shown(arch)}, expected a string", path)
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ModelLoadError(
             f"{path}: architecture {arch!r} is not supported by the llama model plugin. "
             f"Supported architectures: {', '.join(SUPPORTED_ARCHITECTURES)}."
         )
-    hparams = _hparams(path, arch, metadata, tok, {name for name, *_ in infos})
-    contents = GGUFContents(path, arch, hparams, metadata, tok)
-    size = len(mm)
+    hparams, keys = gguf_hparams(path, arch, metadata, tok, {name for name, *_ in infos})
+    small = {k: v for k, v in metadata.items() if not (isinstance(v, list) and len(v) > 64)}
+    contents = GGUFContents(path, arch, hparams, small, tok)
+    layouts = {}
     for name, dims, qtype, offset in infos:
         shape, nbytes, raw_shape = _tensor_layout(path, name, dims, qtype)
-        start = data_start + offset
-        if start + nbytes > size:
-            raise ModelLoadError(
-                f"{path}: tensor {name!r} ends at byte {start + nbytes} but the file has only {size} "
-                f"bytes: the file is truncated. Download it again."
-            )
-        raw = np.frombuffer(mm, dtype=np.uint8, count=nbytes, offset=start).reshape(raw_shape)
         contents.tensors[name] = (_our_name(path, name), qtype.name, shape)
-        contents._raw[name] = (qtype, raw)
+        layouts[name] = (nbytes, raw_shape, qtype, offset)
+    found = {ours: shape for ours, _, shape in contents.tensors.values()}
+    check_tensors(hparams, found, keys, path, spell=_gguf_name)  # before reading any tensor
+    align = metadata.get("general.alignment", 32)
+    for name, (nbytes, raw_shape, qtype, offset) in layouts.items():
+        start = data_start + offset
+        if offset % align:
+            raise broken(f"tensor {name!r} starts at offset {offset}, not a multiple of the alignment {align}", path)
+        if start + nbytes > len(mm):
+            raise broken(f"tensor {name!r} ends at byte {start + nbytes} but the file has only {len(mm)} "
+                         f"bytes (truncated)", path)  # fmt: skip
+        contents._raw[name] = (qtype, np.frombuffer(mm, dtype=np.uint8, count=nbytes, offset=start).reshape(raw_shape))
     return contents
 
 
@@ -180,105 +187,122 @@ def _tensor_layout(path: Path, name: str, dims: list[int], qtype) -> tuple[tuple
     import gguf
 
     block, type_size = gguf.GGML_QUANT_SIZES[qtype]
-    shape = tuple(int(d) for d in reversed(dims))
+    shape = tuple(reversed(dims))
     if not shape or shape[-1] % block:
-        raise ModelLoadError(
-            f"{path}: tensor {name!r} has shape {list(shape)}, not a whole number of {qtype.name} blocks."
-        )
+        raise broken(f"tensor {name!r} has shape {list(shape)}, not a whole number of {qtype.name} blocks", path)
     row_bytes = shape[-1] // block * type_size
-    return shape, int(np.prod(shape[:-1], dtype=np.int64)) * row_bytes, (*shape[:-1], row_bytes)
+    return shape, math.prod(shape[:-1]) * row_bytes, (*shape[:-1], row_bytes)
 
 
 # GGUF value type id -> struct format (scalars) / numpy dtype (arrays of scalars).
 _STRING, _ARRAY = 8, 9
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_DTYPES = {
-    0: "<u1",
-    1: "<i1",
-    2: "<u2",
-    3: "<i2",
-    4: "<u4",
-    5: "<i4",
-    6: "<f4",
-    7: "?",
-    10: "<u8",
-    11: "<i8",
-    12: "<f8",
-}
+_DTYPES = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "<u1", 10: "<u8", 11: "<i8",
+           12: "<f8"}  # fmt: skip
+#: No file nests arrays at all; a bound keeps a crafted one from exhausting the stack.
+_MAX_DEPTH = 4
+_MAX_DIMS = 4  # GGML_MAX_DIMS
+
+
+class _Corrupt(Exception):
+    """The header cannot be parsed; the message says where and why."""
+
+
+class _Cursor:
+    """Reads GGUF header values from a memory map, checking each against the file's end."""
+
+    def __init__(self, mm) -> None:
+        self.mm, self.pos, self.end = mm, 4, len(mm)
+
+    def take(self, fmt: str):
+        size = struct.calcsize(fmt)
+        if self.pos + size > self.end:
+            raise _Corrupt(f"the file ends at byte {self.end}, inside its header (truncated)")
+        (v,) = struct.unpack_from(fmt, self.mm, self.pos)
+        self.pos += size
+        return v
+
+    def string(self, what: str) -> str:
+        n = self.take("<Q")
+        if n > self.end - self.pos:
+            raise _Corrupt(f"{what} of {n} bytes at byte {self.pos} runs past the end of the file (truncated)")
+        s = self.mm[self.pos : self.pos + n].decode("utf-8", errors="replace")
+        self.pos += n
+        return s
+
+    def value(self, kind: int, key: str, depth: int = 0):
+        if kind == _STRING:
+            return self.string(f"the value of {key!r}")
+        if kind in _SCALARS:
+            return self.take(_SCALARS[kind])
+        if kind != _ARRAY:
+            raise _Corrupt(f"metadata key {key!r} has value type {kind}, which GGUF does not define")
+        if depth >= _MAX_DEPTH:
+            raise _Corrupt(f"metadata key {key!r} nests arrays more than {_MAX_DEPTH} deep")
+        sub, count = self.take("<I"), self.take("<Q")
+        smallest = np.dtype(_DTYPES[sub]).itemsize if sub in _DTYPES else {_STRING: 8, _ARRAY: 12}.get(sub, 1)
+        if count * smallest > self.end - self.pos:
+            raise _Corrupt(f"metadata key {key!r} claims an array of {count} items, more than the file holds "
+                           f"(truncated or corrupt)")  # fmt: skip
+        if sub in _DTYPES:
+            arr = np.frombuffer(self.mm, dtype=_DTYPES[sub], count=count, offset=self.pos)
+            self.pos += arr.nbytes
+            return arr.astype(bool).tolist() if sub == 7 else arr.tolist()
+        return [self.value(sub, key, depth + 1) for _ in range(count)]
 
 
 def _parse(path: Path):
     """``(metadata, tokenizer fields, [(name, dims, type, offset)], data start, mmap)``."""
     import mmap
 
-    import gguf
-
     with open(path, "rb") as f:
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    end = len(mm)
-    pos = 4
-
-    def take(fmt: str):
-        nonlocal pos
-        (v,) = struct.unpack_from(fmt, mm, pos)
-        pos += struct.calcsize(fmt)
-        return v
-
-    def string() -> str:
-        nonlocal pos
-        n = take("<Q")
-        if pos + n > end:
-            raise ValueError(f"a string of {n} bytes runs past the end of the file at byte {pos}")
-        s = mm[pos : pos + n].decode("utf-8", errors="replace")
-        pos += n
-        return s
-
-    def value(kind: int):
-        nonlocal pos
-        if kind == _STRING:
-            return string()
-        if kind in _SCALARS:
-            return take(_SCALARS[kind])
-        if kind != _ARRAY:
-            raise ValueError(f"unknown metadata value type {kind}")
-        sub, count = take("<I"), take("<Q")
-        if count > end - pos:
-            raise ValueError(f"an array of {count} items runs past the end of the file")
-        if sub in _DTYPES:
-            arr = np.frombuffer(mm, dtype=_DTYPES[sub], count=count, offset=pos)
-            pos += arr.nbytes
-            return arr.tolist()
-        return [value(sub) for _ in range(count)]
-
-    version = take("<I")
+    cur = _Cursor(mm)
+    version = cur.take("<I")
     if version not in (2, 3):
         raise ModelLoadError(f"{path}: GGUF version {version} is not supported (only 2 and 3).")
-    n_tensors, n_kv = take("<Q"), take("<Q")
+    n_tensors, n_kv = cur.take("<Q"), cur.take("<Q")
+    if n_kv * 13 + n_tensors * 32 > cur.end - cur.pos:  # the smallest entries a file can hold
+        raise _Corrupt(f"the header claims {n_kv} metadata keys and {n_tensors} tensors, more than the "
+                       f"{cur.end} bytes of the file hold (truncated or corrupt)")  # fmt: skip
     metadata: dict[str, Any] = {}
     tok: dict[str, Any] = {}
     for _ in range(n_kv):
-        key = string()
-        v = value(take("<I"))
+        key = cur.string("a metadata key")
+        if key in metadata:
+            raise _Corrupt(f"metadata key {key!r} appears twice")
+        metadata[key] = cur.value(cur.take("<I"), key)
         if key.startswith("tokenizer."):
-            tok[key] = v
-        if not (isinstance(v, list) and len(v) > 64):
-            metadata[key] = v
-    infos = []
-    for _ in range(n_tensors):
-        name = string()
-        dims = [take("<Q") for _ in range(take("<I"))]
-        type_id, offset = take("<I"), take("<Q")
-        try:
-            qtype = gguf.GGMLQuantizationType(type_id)
-        except ValueError:
-            raise ModelLoadError(
-                f"{path}: tensor {name!r} has tensor type id {type_id}, unknown to this version of the "
-                f"gguf package. Upgrade gguf or re-quantise the model to a common type."
-            ) from None
-        infos.append((name, dims, qtype, offset))
-    align = int(metadata.get("general.alignment", 32))
-    data_start = (pos + align - 1) // align * align
-    return metadata, tok, infos, data_start, mm
+            tok[key] = metadata[key]
+    infos = [_tensor_info(path, cur) for _ in range(n_tensors)]
+    if len({name for name, *_ in infos}) != len(infos):
+        raise _Corrupt("a tensor name appears twice")
+    align = metadata.get("general.alignment", 32)
+    if not (isinstance(align, int) and not isinstance(align, bool) and align > 0 and not align & (align - 1)):
+        raise _Corrupt(f"general.alignment is {shown(align)}, expected a power of two")
+    return metadata, tok, infos, (cur.pos + align - 1) // align * align, mm
+
+
+def _tensor_info(path: Path, cur: _Cursor) -> tuple[str, list[int], Any, int]:
+    import gguf
+
+    name = cur.string("a tensor name")
+    n_dims = cur.take("<I")
+    if not 1 <= n_dims <= _MAX_DIMS:
+        raise _Corrupt(f"tensor {name!r} has {n_dims} dimensions, expected 1 to {_MAX_DIMS}")
+    dims = [cur.take("<Q") for _ in range(n_dims)]
+    if not all(0 < d < 1 << 62 for d in dims):
+        raise _Corrupt(f"tensor {name!r} has dimensions {dims}, expected positive sizes")
+    type_id, offset = cur.take("<I"), cur.take("<Q")
+    try:
+        qtype = gguf.GGMLQuantizationType(type_id)
+        gguf.GGML_QUANT_SIZES[qtype]
+    except (ValueError, KeyError):
+        raise ModelLoadError(
+            f"{path}: tensor {name!r} has tensor type id {type_id}, unknown to this version of the "
+            f"gguf package. Upgrade gguf or re-quantise the model to a common type."
+        ) from None
+    return name, dims, qtype, offset
 
 
 def _check_header(path: Path) -> None:
@@ -295,50 +319,6 @@ def _check_header(path: Path) -> None:
         )
 
 
-def _hparams(path: Path, arch: str, md: dict, tok: dict, tensor_names: set[str]) -> dict[str, Any]:
-    def get(key: str, default: Any = ModelLoadError) -> Any:
-        full = f"{arch}.{key}"
-        if full in md:
-            return md[full]
-        if default is ModelLoadError:
-            raise ModelLoadError(
-                f"{path}: metadata key {full!r} is missing; the file does not describe a complete "
-                f"{arch} model. Convert it again with llama.cpp's convert_hf_to_gguf.py."
-            )
-        return default
-
-    scaling = get("rope.scaling.type", "none")
-    if scaling not in ("none", "linear") or (scaling == "linear" and get("rope.scaling.factor", 1.0) != 1.0):
-        raise ModelLoadError(f"{path}: RoPE scaling {scaling!r} is not supported yet (plain RoPE only).")
-    if "rope_freqs.weight" in tensor_names:
-        raise ModelLoadError(
-            f"{path}: the file carries per-dimension RoPE frequencies (Llama 3.1-style scaling), "
-            f"which the llama plugin does not implement yet."
-        )
-    n_heads = int(get("attention.head_count"))
-    n_kv = get("attention.head_count_kv", n_heads)
-    if isinstance(n_kv, list):  # per-layer counts (hybrid models): only uniform ones work
-        raise ModelLoadError(f"{path}: per-layer KV head counts are not supported.")
-    hidden = int(get("embedding_length"))
-    head_dim = int(get("attention.key_length", get("rope.dimension_count", hidden // n_heads)))
-    tokens = tok.get("tokenizer.ggml.tokens")
-    vocab = len(tokens) if tokens else int(get("vocab_size"))
-    return {
-        "vocab_size": vocab,
-        "hidden_size": hidden,
-        "intermediate_size": int(get("feed_forward_length")),
-        "num_layers": int(get("block_count")),
-        "num_heads": n_heads,
-        "num_kv_heads": int(n_kv),
-        "head_dim": head_dim,
-        "rope_theta": float(get("rope.freq_base", 10000.0)),
-        "rms_norm_eps": float(get("attention.layer_norm_rms_epsilon", 1e-5)),
-        "context_length": int(get("context_length", 2048)),
-        "tie_embeddings": "output.weight" not in tensor_names,
-        "qkv_bias": "blk.0.attn_q.bias" in tensor_names,
-    }
-
-
 def _our_name(path: Path, name: str) -> str:
     base, _, suffix = name.rpartition(".")
     if base in _GLOBAL_NAMES and suffix == "weight":
@@ -350,3 +330,13 @@ def _our_name(path: Path, name: str) -> str:
         f"{path}: tensor {name!r} has no place in the Llama module (unexpected for this "
         f"architecture). The file may be a variant the llama plugin does not support."
     )
+
+
+def _gguf_name(ours: str) -> str:
+    """The inverse of :func:`_our_name`, for messages."""
+    base, _, suffix = ours.rpartition(".")
+    back = {v: k for k, v in _GLOBAL_NAMES.items()}
+    if base in back:
+        return f"{back[base]}.{suffix}"
+    _, i, rest = base.split(".", 2)
+    return f"blk.{i}.{ {v: k for k, v in _BLOCK_NAMES.items()}[rest] }.{suffix}"

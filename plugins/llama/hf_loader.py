@@ -13,7 +13,9 @@ from typing import Any
 
 from plugstack.errors import ModelLoadError
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "load_hf_state_dict", "read_hf_config", "weight_files"]
+from .checks import broken, check_hparams, context, flag, inside, integer, norm_eps, number, read_json, shown, text
+
+__all__ = ["HF_KEYS", "SUPPORTED_MODEL_TYPES", "load_hf_state_dict", "read_hf_config", "tensor_shapes", "weight_files"]
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 
@@ -26,51 +28,78 @@ def read_hf_config(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             f"{directory} has no config.json; expected a Hugging Face model directory "
             f"(config.json + *.safetensors) or a .gguf file as model.path."
         )
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise ModelLoadError(f"{path}: not valid JSON ({e}).") from None
+    cfg = read_json(path)
     model_type = cfg.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ModelLoadError(
-            f"{path}: model_type {model_type!r} is not supported by the llama model plugin. "
+            f"{path}: model_type {shown(model_type)} is not supported by the llama model plugin. "
             f"Supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}."
         )
+    _refuse_variants(path, cfg, model_type)
+    h = _hparams(path, cfg, model_type)
+    check_hparams(h, HF_KEYS, path)
+    return cfg, h
 
-    def need(key: str) -> Any:
-        if key not in cfg:
-            raise ModelLoadError(f"{path}: required key {key!r} is missing.")
-        return cfg[key]
 
+#: Hyper-parameter -> the config.json key it comes from (for messages).
+HF_KEYS = {"vocab_size": "vocab_size", "hidden_size": "hidden_size", "intermediate_size": "intermediate_size",
+           "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
+           "num_kv_heads": "num_key_value_heads", "head_dim": "head_dim", "rope_theta": "rope_theta",
+           "rms_norm_eps": "rms_norm_eps", "context_length": "max_position_embeddings"}  # fmt: skip
+
+
+def _get(path: Path, cfg: dict[str, Any], key: str, check, default: Any = ModelLoadError) -> Any:
+    """``cfg[key]`` passed through ``check``; ``default`` when absent or null."""
+    if cfg.get(key) is None:
+        if default is ModelLoadError:
+            raise broken(f"required key {key} is missing", path)
+        return default
+    return check(cfg[key], key, path)
+
+
+def _refuse_variants(path: Path, cfg: dict[str, Any], model_type: str) -> None:
     def refuse(what: str) -> None:
         raise ModelLoadError(f"{path}: {what} is not supported by the llama model plugin yet.")
 
-    if cfg.get("hidden_act", "silu") != "silu":
+    if _get(path, cfg, "hidden_act", text, "silu") != "silu":
         refuse(f"hidden_act={cfg['hidden_act']!r} (only 'silu')")
-    if cfg.get("mlp_bias"):
+    if _get(path, cfg, "mlp_bias", flag, False):
         refuse("mlp_bias=true")
-    if model_type == "llama" and cfg.get("attention_bias"):
+    if model_type == "llama" and _get(path, cfg, "attention_bias", flag, False):
         refuse("attention_bias=true for llama (it also biases o_proj)")
-    if model_type == "qwen2" and cfg.get("use_sliding_window"):
+    if model_type == "qwen2" and _get(path, cfg, "use_sliding_window", flag, False):
         refuse("use_sliding_window=true")
+    rope = _rope(path, cfg)
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind not in ("default", None):
+        refuse(f"RoPE scaling {kind!r}")
+
+
+def _rope(path: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     # transformers 5 moved rope_theta into rope_parameters; 4.x has rope_theta/rope_scaling.
-    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-    if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
-        refuse(f"RoPE scaling {rope.get('rope_type', rope.get('type'))!r}")
-    theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
-    hidden, heads = int(need("hidden_size")), int(need("num_attention_heads"))
-    return cfg, {
-        "vocab_size": int(need("vocab_size")),
+    key = "rope_parameters" if cfg.get("rope_parameters") else "rope_scaling"
+    rope = cfg.get(key) or {}
+    if not isinstance(rope, dict):
+        raise broken(f"{key} is {shown(rope)}, expected an object or null", path)
+    return rope
+
+
+def _hparams(path: Path, cfg: dict[str, Any], model_type: str) -> dict[str, Any]:
+    rope = _rope(path, cfg)
+    theta_in = rope if "rope_theta" in rope else cfg
+    hidden, heads = _get(path, cfg, "hidden_size", integer), _get(path, cfg, "num_attention_heads", integer)
+    return {
+        "vocab_size": _get(path, cfg, "vocab_size", integer),
         "hidden_size": hidden,
-        "intermediate_size": int(need("intermediate_size")),
-        "num_layers": int(need("num_hidden_layers")),
+        "intermediate_size": _get(path, cfg, "intermediate_size", integer),
+        "num_layers": _get(path, cfg, "num_hidden_layers", integer),
         "num_heads": heads,
-        "num_kv_heads": int(cfg.get("num_key_value_heads") or heads),
-        "head_dim": int(cfg.get("head_dim") or hidden // heads),
-        "rope_theta": float(theta),
-        "rms_norm_eps": float(cfg.get("rms_norm_eps", 1e-6)),
-        "context_length": int(cfg.get("max_position_embeddings", 2048)),
-        "tie_embeddings": bool(cfg.get("tie_word_embeddings", False)),
+        "num_kv_heads": _get(path, cfg, "num_key_value_heads", integer, heads),
+        "head_dim": _get(path, cfg, "head_dim", integer, hidden // heads),
+        "rope_theta": _get(path, theta_in, "rope_theta", number, 10000.0),
+        "rms_norm_eps": _get(path, cfg, "rms_norm_eps", norm_eps, 1e-6),
+        "context_length": _get(path, cfg, "max_position_embeddings", context, 2048),
+        "tie_embeddings": _get(path, cfg, "tie_word_embeddings", flag, False),
         "qkv_bias": model_type == "qwen2",
     }
 
@@ -79,12 +108,8 @@ def weight_files(directory: Path) -> list[Path]:
     """The safetensors files of a directory, sharded or not, in a stable order."""
     index = directory / "model.safetensors.index.json"
     if index.exists():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (ValueError, KeyError) as e:
-            raise ModelLoadError(f"{index}: not a valid safetensors index ({e}).") from None
-        files = [directory / name for name in sorted(set(weight_map.values()))]
-        missing = [f.name for f in files if not f.exists()]
+        files = sorted(set(_weight_map(directory).values()))
+        missing = [str(f.relative_to(directory)) for f in files if not f.exists()]
         if missing:
             raise ModelLoadError(f"{index} names shards that are missing: {', '.join(missing)}. Download them too.")
         return files
@@ -97,6 +122,79 @@ def weight_files(directory: Path) -> list[Path]:
             f"(unpickling runs code). Convert them to safetensors first."
         )
     raise ModelLoadError(f"{directory} has no model.safetensors or model.safetensors.index.json.")
+
+
+def _weight_map(directory: Path) -> dict[str, Path]:
+    """The index's tensor name -> shard file, every shard inside ``directory``."""
+    index = directory / "model.safetensors.index.json"
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise broken(f"weight_map is {shown(weight_map)}, expected an object of tensor name -> file", index)
+    return {name: inside(directory, file, f"weight_map[{name!r}]", index) for name, file in weight_map.items()}
+
+
+def tensor_shapes(directory: Path, files: list[Path]) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
+    """Every tensor's shape (``model.`` prefix removed) and a count of the stored dtypes, from
+    the safetensors headers alone: what the file claims is checked before anything is read."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    home: dict[str, Path] = {}
+    dtypes: dict[str, int] = {}
+    for f in files:
+        for key, (dtype, shape) in _header(f).items():
+            if key in home:
+                raise broken(f"tensor {key!r} is stored twice, in {home[key].name} and {f.name}", directory)
+            home[key], shapes[key.removeprefix("model.")] = f, shape
+            dtypes[dtype] = dtypes.get(dtype, 0) + 1
+    if (directory / "model.safetensors.index.json").exists():
+        for key, f in _weight_map(directory).items():
+            if home.get(key) != f:
+                raise broken(f"weight_map puts tensor {key!r} in {f.name}, which does not hold it",
+                             directory / "model.safetensors.index.json")  # fmt: skip
+    return shapes, dtypes
+
+
+_MAX_HEADER = 100 << 20  # the safetensors format's own limit
+
+
+def _header(f: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """A safetensors file's header: tensor name -> (dtype, shape), each entry checked."""
+    try:
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            raw = fh.read(n) if 0 < n <= min(size - 8, _MAX_HEADER) else None
+    except OSError as e:
+        raise broken(f"{f.name} cannot be read ({e.strerror or e})", f) from None
+    if raw is None:
+        raise broken(f"the header length field says {n} bytes, but the file has {size} (truncated?)", f)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise broken(f"the header is not valid JSON ({type(e).__name__}: {e})", f) from None
+    if not isinstance(header, dict):
+        raise broken(f"the header is {shown(header)}, expected a JSON object", f)
+    out = {}
+    for key, info in header.items():
+        if key != "__metadata__":
+            out[key] = _entry(f, key, info, size - 8 - n)
+    return out
+
+
+def _entry(f: Path, key: str, info: Any, data_bytes: int) -> tuple[str, tuple[int, ...]]:
+    what = f"the header entry of tensor {key!r}"
+    if not isinstance(info, dict):
+        raise broken(f"{what} is {shown(info)}, expected an object", f)
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    text(dtype, f"{what}: dtype", f)
+    if not isinstance(shape, list) or len(shape) > 8:
+        raise broken(f"{what}: shape is {shown(shape)}, expected a list of sizes", f)
+    for d in shape:
+        integer(d, f"{what}: shape", f, low=0)
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= data_bytes):  # fmt: skip
+        raise broken(f"{what}: data_offsets is {shown(offsets)}, expected [begin, end] within the file", f)
+    return dtype, tuple(shape)
 
 
 def load_hf_state_dict(files: list[Path]) -> tuple[dict[str, Any], dict[str, int]]:
@@ -116,5 +214,5 @@ def load_hf_state_dict(files: list[Path]) -> tuple[dict[str, Any], dict[str, int
                     dtypes[dtype] = dtypes.get(dtype, 0) + 1
                     out[name] = st.get_tensor(key).float()
         except (SafetensorError, OSError) as e:
-            raise ModelLoadError(f"{f}: not a readable safetensors file ({e}). Download it again.") from None
+            raise broken(f"not a readable safetensors file ({e})", f) from None
     return out, dtypes

@@ -108,23 +108,30 @@ def _read_gguf(path: Path):
         "format": "gguf",
         "architecture": contents.architecture,
         "tensor_types": dict(types),
-        "file_name": contents.metadata.get("general.name"),
+        "file_name": name if isinstance(name := contents.metadata.get("general.name"), str) else None,
     }
     return module_cfg, tensors, tokenizer, [path], extra
 
 
 def _read_hf(path: Path):
-    from .hf_loader import load_hf_state_dict, read_hf_config, weight_files
+    from .checks import check_tensors
+    from .hf_loader import HF_KEYS, load_hf_state_dict, read_hf_config, tensor_shapes, weight_files
     from .model import LlamaConfig
     from .tokenizer import from_hf_dir
 
     raw, hparams = read_hf_config(path)
-    module_cfg = LlamaConfig(**hparams)
     files = weight_files(path)
-    tensors, dtypes = load_hf_state_dict(files)
-    tokenizer = from_hf_dir(path, raw)
+    shapes, dtypes = tensor_shapes(path, files)
+    check_tensors(hparams, shapes, HF_KEYS, path, spell=_hf_name)  # before reading any tensor
+    tokenizer = from_hf_dir(path, raw, vocab_size=hparams["vocab_size"])
+    module_cfg = LlamaConfig(**hparams)
+    tensors, _ = load_hf_state_dict(files)
     extra = {"format": "safetensors", "architecture": raw.get("model_type"), "tensor_types": dtypes}
     return module_cfg, tensors, tokenizer, files, extra
+
+
+def _hf_name(ours: str) -> str:
+    return ours if ours == "lm_head.weight" else f"model.{ours}"
 
 
 _NO_INIT_LOCK = threading.Lock()
@@ -154,36 +161,14 @@ def _no_init():
 
 
 def _build_module(cfg, tensors: dict[str, Any], path: Path):
-    """A ``Llama`` whose parameters are exactly ``tensors`` (checked by name and shape)."""
+    """A ``Llama`` whose parameters are exactly ``tensors``, whose names and shapes the readers
+    checked against ``cfg`` (:func:`checks.check_tensors`) before anything was allocated."""
     from .model import Llama
 
     with _no_init():
         module = Llama(cfg)
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     if cfg.tie_embeddings:
         tensors.pop("lm_head.weight", None)  # some tied checkpoints still store a copy
-        expected.pop("lm_head.weight")
-    missing = sorted(set(expected) - set(tensors))
-    if missing:
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise ModelLoadError(
-            f"{path}: tensor(s) {', '.join(missing[:5])}{more} are missing for a {cfg.num_layers}-layer model "
-            f"(from the file's hyper-parameters). The file is incomplete or not a Llama-family checkpoint."
-        )
-    unexpected = sorted(set(tensors) - set(expected))
-    if unexpected:
-        raise ModelLoadError(
-            f"{path}: tensor(s) {', '.join(unexpected[:5])} have no place in the Llama module; "
-            f"the checkpoint is a variant the llama plugin does not support."
-        )
-    for key, shape in expected.items():
-        got = tuple(tensors[key].shape)
-        if got != shape:
-            raise ModelLoadError(
-                f"{path}: tensor {key!r} has shape {list(got)}, expected {list(shape)} from the file's "
-                f"hyper-parameters. The file is inconsistent; convert it again."
-            )
-    if cfg.tie_embeddings:
         tensors["lm_head.weight"] = tensors["embed_tokens.weight"]
     module.load_state_dict(tensors, strict=True, assign=True)
     if cfg.tie_embeddings:

@@ -12,7 +12,6 @@ that vocabulary), where we side with llama.cpp and the model's own tokenizer.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +22,7 @@ import structlog
 from plugstack.errors import ModelLoadError
 
 from .chat_template import ChatTemplate
+from .checks import broken, flag, integer, read_bytes, read_json, shown, text
 
 __all__ = ["LlamaTokenizer", "from_gguf_metadata", "from_hf_dir"]
 
@@ -123,25 +123,57 @@ def _with_bos(tok: Any, bos: str | None, bos_id: int | None, add_bos: bool) -> N
         tok.post_processor = None
 
 
+def _gguf_vocab(meta: dict[str, Any], where: str) -> tuple[list[str], list[tuple[str, str]], list[int]]:
+    """``(tokens, merge pairs, token types)`` of a GGUF tokenizer, each checked."""
+    kind = meta.get("tokenizer.ggml.model")
+    if kind is None:
+        raise broken("metadata key tokenizer.ggml.model is missing", where)
+    if text(kind, "tokenizer.ggml.model", where) != "gpt2":
+        raise ModelLoadError(
+            f"{where}: tokenizer model {shown(kind)} is not supported (only 'gpt2' byte-level BPE, used by "
+            f"SmolLM, Llama 3 and Qwen2). Use a Hugging Face directory with tokenizer.json instead."
+        )
+    tokens = _items(meta, "tokenizer.ggml.tokens", str, "strings", where)
+    merges = _items(meta, "tokenizer.ggml.merges", str, "strings", where)
+    types = _items(meta, "tokenizer.ggml.token_type", int, "integers", where, [1] * len(tokens))
+    if len(types) != len(tokens):
+        raise broken(f"tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens", where)
+    pairs = []
+    for i, m in enumerate(merges):
+        a, space, b = m.partition(" ")
+        if not (a and space and b):
+            raise broken(f"tokenizer.ggml.merges[{i}] is {shown(m)}, expected two tokens separated by a space", where)
+        pairs.append((a, b))
+    return tokens, pairs, types
+
+
+def _items(meta: dict[str, Any], key: str, kind: type, kinds: str, where: str, default: Any = None) -> list[Any]:
+    """A non-empty list of ``kind`` (bools are not integers here)."""
+    value = meta.get(key, default)
+    if value is None:
+        raise broken(f"metadata key {key} is missing", where)
+    if not (isinstance(value, list) and value and all(type(v) is kind for v in value)):
+        raise broken(f"{key} is {shown(value)}, expected a non-empty list of {kinds}", where)
+    return value
+
+
+def _token_id(meta: dict[str, Any], key: str, n_tokens: int, where: str) -> int | None:
+    """A special token's id; one outside the vocabulary is ignored, as llama.cpp does."""
+    value = meta.get(f"tokenizer.ggml.{key}")
+    if value is None:
+        return None
+    i = integer(value, f"tokenizer.ggml.{key}", where, low=0)
+    if i >= n_tokens:
+        log.warning("model.tokenizer.bad_special_token", key=key, id=i, vocab=n_tokens, source=where)
+        return None
+    return i
+
+
 def from_gguf_metadata(meta: dict[str, Any], *, source: str = "") -> LlamaTokenizer:
     """A tokenizer from a GGUF file's ``tokenizer.*`` metadata (gpt2 byte-level BPE)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
-    kind = meta.get("tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise ModelLoadError(
-            f"{source}: tokenizer model {kind!r} is not supported (only 'gpt2' byte-level BPE, used by "
-            f"SmolLM, Llama 3 and Qwen2). Use a Hugging Face directory with tokenizer.json instead."
-        )
-    tokens: list[str] = meta.get("tokenizer.ggml.tokens") or []
-    merges: list[str] = meta.get("tokenizer.ggml.merges") or []
-    types: list[int] = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
-    if not tokens or not merges:
-        raise ModelLoadError(f"{source}: the GGUF metadata has no tokenizer vocabulary or merges.")
-    if len(types) != len(tokens):
-        raise ModelLoadError(
-            f"{source}: the GGUF metadata lists {len(tokens)} tokens but {len(types)} token types; the file is corrupt."
-        )
+    tokens, pairs, types = _gguf_vocab(meta, source)
     alphabet = _byte_alphabet()
     spelled = set(alphabet.values())
     # Tokens outside the byte alphabet (rare, e.g. control tokens written raw) are respelled
@@ -149,10 +181,12 @@ def from_gguf_metadata(meta: dict[str, Any], *, source: str = "") -> LlamaTokeni
     vocab = {
         t if set(t) <= spelled else "".join(alphabet[b] for b in t.encode("utf-8")): i for i, t in enumerate(tokens)
     }
-    pairs = [tuple(m.split(" ", 1)) for m in merges]
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False))
+    try:
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False))
+    except Exception as e:  # tokenizers raises a bare Exception for a merge outside the vocabulary
+        raise broken(f"tokenizer.ggml.merges do not fit tokenizer.ggml.tokens ({e})", source) from None
 
-    pre = meta.get("tokenizer.ggml.pre", "default")
+    pre = text(meta.get("tokenizer.ggml.pre", "default"), "tokenizer.ggml.pre", source)
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=pre not in _SPLITS)
     if pre in _SPLITS:
         tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -177,35 +211,80 @@ def from_gguf_metadata(meta: dict[str, Any], *, source: str = "") -> LlamaTokeni
     tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in user])
 
     def token(key: str) -> tuple[int | None, str | None]:
-        i = meta.get(f"tokenizer.ggml.{key}")
-        return (int(i), tokens[int(i)]) if i is not None and 0 <= int(i) < len(tokens) else (None, None)
+        i = _token_id(meta, key, len(tokens), source)
+        return (i, tokens[i]) if i is not None else (None, None)
 
     bos_id, bos = token("bos_token_id")
     eos_id, eos = token("eos_token_id")
     eot_id, _ = token("eot_token_id")
     pad_id, _ = token("padding_token_id")
-    _with_bos(tok, bos, bos_id, bool(meta.get("tokenizer.ggml.add_bos_token", False)))
+    _with_bos(tok, bos, bos_id, flag(meta.get("tokenizer.ggml.add_bos_token", False), "tokenizer.ggml.add_bos_token",
+                                     source))  # fmt: skip
     eos_ids = [i for i in (eos_id, eot_id) if i is not None]
     if not eos_ids:
-        raise ModelLoadError(
-            f"{source}: the GGUF metadata names no end-of-sequence token (tokenizer.ggml.eos_token_id)."
+        raise broken(
+            f"tokenizer.ggml.eos_token_id is missing or outside the vocabulary of {len(tokens)} tokens", source
         )
     template = meta.get("tokenizer.chat_template")
+    if template is not None:
+        text(template, "tokenizer.chat_template", source)
     return LlamaTokenizer(
         tok, eos_token_ids=eos_ids, pad_token_id=pad_id, bos_token=bos, eos_token=eos,
         chat_template=ChatTemplate(template, source=source) if template else None, source=source,
     )  # fmt: skip
 
 
-def _token_text(value: Any) -> str | None:
+def _token_text(value: Any, key: str, where: Path) -> str | None:
     if isinstance(value, dict):  # {"content": "<s>", "lstrip": ...}
-        return value.get("content")
-    return value if isinstance(value, str) else None
+        value = value.get("content")
+    if value is None or isinstance(value, str):
+        return value
+    raise broken(f"{key} is {shown(value)}, expected a token's text", where)
 
 
-def from_hf_dir(directory: Path, config: dict[str, Any]) -> LlamaTokenizer | None:
-    """A tokenizer from ``tokenizer.json`` (+ ``tokenizer_config.json``, ``chat_template.jinja``);
-    ``None`` when the directory has no ``tokenizer.json``."""
+def _template(directory: Path, tcfg: dict[str, Any]) -> tuple[str | None, Path]:
+    """The chat template's text and the file it came from."""
+    jinja = directory / "chat_template.jinja"
+    if jinja.exists():  # transformers >= 4.50 saves the template on its own
+        try:
+            return read_bytes(jinja).decode("utf-8"), jinja
+        except UnicodeDecodeError as e:
+            raise broken(f"chat_template.jinja is not UTF-8 text (byte {e.start})", jinja) from None
+    where, template = directory / "tokenizer_config.json", tcfg.get("chat_template")
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+        if not all(isinstance(t, dict) and isinstance(t.get("template"), str) for t in template):
+            raise broken("chat_template is a list whose entries are not {name, template} objects", where)
+        named = {t.get("name"): t["template"] for t in template}
+        template = named.get("default") or next(iter(named.values()), None)
+    if template is not None and not isinstance(template, str):
+        raise broken(f"chat_template is {shown(template)}, expected a string", where)
+    return template, where
+
+
+def _eos_ids(directory: Path, config: dict[str, Any], vocab_size: int | None) -> list[int]:
+    """End-of-sequence ids from generation_config.json, else config.json; each checked."""
+    gen_path = directory / "generation_config.json"
+    gen = read_json(gen_path) if gen_path.exists() else {}
+    for value, where in ((gen.get("eos_token_id"), gen_path), (config.get("eos_token_id"), directory / "config.json")):
+        if value is not None:
+            ids = value if isinstance(value, list) else [value]
+            top = vocab_size - 1 if vocab_size else None
+            return [integer(i, "eos_token_id", where, low=0, high=top) for i in ids]
+    return []
+
+
+def _pad_id(config: dict[str, Any], vocab_size: int | None, where: Path) -> int | None:
+    value = config.get("pad_token_id")
+    if value is not None and not (isinstance(value, int) and not isinstance(value, bool)):
+        raise broken(f"pad_token_id is {shown(value)}, expected an integer", where)
+    # Some configs say -1 for "none"; like an id past the vocabulary, it means no pad token.
+    return value if value is not None and 0 <= value < (vocab_size or value + 1) else None
+
+
+def from_hf_dir(directory: Path, config: dict[str, Any], *, vocab_size: int | None = None) -> LlamaTokenizer | None:
+    """A tokenizer from ``tokenizer.json`` (+ ``tokenizer_config.json``, ``chat_template.jinja``,
+    ``generation_config.json``); ``None`` when the directory has no ``tokenizer.json``.
+    ``vocab_size`` (the embedding's rows) bounds the special token ids."""
     from tokenizers import Tokenizer
 
     path = directory / "tokenizer.json"
@@ -215,39 +294,20 @@ def from_hf_dir(directory: Path, config: dict[str, Any]) -> LlamaTokenizer | Non
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises its own Exception type on bad JSON
-        raise ModelLoadError(f"{path}: not a valid tokenizer.json ({e}).") from None
-    tcfg: dict[str, Any] = {}
+        raise broken(f"not a valid tokenizer.json ({e})", path) from None
     cfg_path = directory / "tokenizer_config.json"
-    if cfg_path.exists():
-        try:
-            tcfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except ValueError as e:
-            raise ModelLoadError(f"{cfg_path}: not valid JSON ({e}).") from None
-    bos, eos = _token_text(tcfg.get("bos_token")), _token_text(tcfg.get("eos_token"))
-    template = tcfg.get("chat_template")
-    jinja = directory / "chat_template.jinja"
-    if jinja.exists():  # transformers >= 4.50 saves the template on its own
-        template = jinja.read_text(encoding="utf-8")
-    if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
-        named = {t.get("name"): t.get("template") for t in template}
-        template = named.get("default") or next(iter(named.values()), None)
-
-    eos_ids: list[int] = []
-    gen_path = directory / "generation_config.json"
-    gen = json.loads(gen_path.read_text(encoding="utf-8")) if gen_path.exists() else {}
-    for value in (gen.get("eos_token_id"), config.get("eos_token_id")):
-        if value is not None:
-            eos_ids += value if isinstance(value, list) else [value]
-            break
+    tcfg = read_json(cfg_path) if cfg_path.exists() else {}
+    bos, eos, pad = (_token_text(tcfg.get(k), k, cfg_path) for k in ("bos_token", "eos_token", "pad_token"))
+    template, template_file = _template(directory, tcfg)
+    eos_ids = _eos_ids(directory, config, vocab_size)
     if not eos_ids and eos is not None and tok.token_to_id(eos) is not None:
         eos_ids = [tok.token_to_id(eos)]
     if not eos_ids:
         raise ModelLoadError(
             f"{directory}: no end-of-sequence token in generation_config.json, config.json or tokenizer_config.json."
         )
-    pad = _token_text(tcfg.get("pad_token"))
-    pad_id = tok.token_to_id(pad) if pad else config.get("pad_token_id")
+    pad_id = tok.token_to_id(pad) if pad else _pad_id(config, vocab_size, directory / "config.json")
     return LlamaTokenizer(
         tok, eos_token_ids=eos_ids, pad_token_id=pad_id, bos_token=bos, eos_token=eos,
-        chat_template=ChatTemplate(template, source=str(directory)) if template else None, source=str(directory),
+        chat_template=ChatTemplate(template, source=str(template_file)) if template else None, source=str(directory),
     )  # fmt: skip

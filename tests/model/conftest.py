@@ -239,3 +239,16 @@ def tiny_state(tiny_llama_config):
 @pytest.fixture
 def gguf_writer():
     return write_tiny_gguf
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_file(tmp_path_factory) -> Path:
+    """A valid 2-block llama GGUF (vocab 128, hidden 64, 4 heads over 2 KV heads, F32), written
+    once: the base the broken-file tests change."""
+    from plugstack.plugins.llama.model import Llama, init_weights
+    from plugstack.testing import tiny_llama_config
+
+    cfg = tiny_llama_config(context_length=256)
+    module = init_weights(Llama(cfg), seed=1, std=0.1)
+    state = {k: v.detach().numpy().copy() for k, v in module.state_dict().items() if k != "lm_head.weight"}
+    return write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf", state, cfg)

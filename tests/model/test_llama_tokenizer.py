@@ -112,7 +112,7 @@ def _template(text: str):
     ],
 )
 def test_hostile_template_cannot_run_code(hostile, tmp_path):
-    with pytest.raises(GenerationError, match=r"evil\.gguf.*(sandbox forbids|failed)"):
+    with pytest.raises(ModelLoadError, match=r"model file is broken: its chat template (tried|fails).*evil\.gguf"):
         _template(hostile).render([{"role": "user", "content": "hi"}])
 
 
@@ -126,5 +126,5 @@ def test_template_helpers_and_errors():
         t.render([{"role": "assistant", "content": "x"}])
     with pytest.raises(GenerationError, match="expected a dict with 'role' and 'content'"):
         t.render([{"content": "no role"}])
-    with pytest.raises(ModelLoadError, match=r"evil\.gguf: its chat template does not compile"):
+    with pytest.raises(ModelLoadError, match=r"broken: its chat template does not compile.*evil\.gguf"):
         _template("{% for m in messages %}")
