@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Iterator, Sequence
 
 from . import logs
-from .errors import PlugstackError, Terminated
+from .errors import ConfigError, PlugstackError, Terminated
 
 __all__ = ["main"]
 
@@ -135,6 +135,7 @@ def _run_hydra(argv: Sequence[str]) -> int:
 
     @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="config", version_base="1.3")
     def _task(cfg: DictConfig) -> None:
+        _label_job()
         _exit_codes.append(execute(cfg))
         if _exit_codes[-1] in (130, 143):
             raise KeyboardInterrupt  # stop a sweep too, not only this job
@@ -156,6 +157,17 @@ def _run_hydra(argv: Sequence[str]) -> int:
         else:
             os.environ["HYDRA_FULL_ERROR"] = saved[1]
     return max(_exit_codes, default=0)
+
+
+def _label_job() -> None:
+    """In a sweep, say on stdout which job the output that follows belongs to."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        shown = [o for o in hc.overrides.task if not o.startswith("app.prompt=")]
+        print(f"[job {hc.job.num}] {' '.join(shown)}".rstrip(), flush=True)
 
 
 def _failure(exc: Exception) -> int:
@@ -226,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             from .config import check_choices, prepare_hydra
 
+            argv = _with_prompt(argv)
             prepare_hydra()
             check_choices(_overrides(argv))
             if "--help" in argv or "-h" in argv:
@@ -233,6 +246,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:
             return _failure(exc)
         return _run_hydra(argv)
+
+
+def _with_prompt(argv: list[str]) -> list[str]:
+    """Words that are not flags or overrides are the prompt (``plugstack "Hi, there?"``)."""
+    from .prompt_args import literal_override, split_prompt
+
+    argv, prompt = split_prompt(argv)
+    if prompt is None:
+        return argv
+    if any(a.lstrip("+").startswith("app.prompt=") for a in argv):
+        raise ConfigError(f"the prompt is given twice: as {prompt!r} and as app.prompt=...; give one.")
+    overrides = [i for i, a in enumerate(argv) if not a.startswith("-") and "=" in a]
+    at = overrides[-1] + 1 if overrides else len(argv)  # next to the others: argparse takes one run of them
+    return [*argv[:at], literal_override("app.prompt", prompt), *argv[at:]]
 
 
 @contextlib.contextmanager
