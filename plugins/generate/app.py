@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ from plugstack.errors import ConfigError
 from plugstack.generation import GenerationResult, generate, stream
 from plugstack.model import Tokenizer
 from plugstack.sampling import SamplingParams
+
+from .config import DEFAULT_PROMPT
 
 __all__ = ["GenerateApp", "Prompt", "ResultsFile", "read_prompts"]
 
@@ -91,6 +95,15 @@ def output_path(cfg: Any, run_dir: Path) -> Path:
     return out
 
 
+def _stdin_is_data() -> bool:
+    """A pipe or a file on stdin (not a terminal, not /dev/null, not closed)."""
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (AttributeError, OSError, ValueError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
+
+
 class ResultsFile:
     """JSON lines written as each result ends (flushed), into a temporary sibling that is
     renamed into place on close, however the run ends: finished work is never lost."""
@@ -135,18 +148,34 @@ class GenerateApp(App):
     def _render(self, tokenizer: Tokenizer, prompt: str) -> str:
         if not self.cfg.chat:
             return prompt
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+        system = [{"role": "system", "content": self.cfg.system}] if self.cfg.system else []
+        return tokenizer.apply_chat_template([*system, {"role": "user", "content": prompt}],
+                                             add_generation_prompt=True)
+
+    def _prompt(self) -> str:
+        """app.prompt, else a piped stdin, else the default question."""
+        if self.cfg.prompt is not None:
+            return self.cfg.prompt
+        if _stdin_is_data():
+            text = sys.stdin.read().strip()
+            if not text:
+                raise ConfigError("stdin is empty: pipe a prompt in, or give one: plugstack \"Your question?\"")
+            return text
+        return DEFAULT_PROMPT
 
     def _stream_one(self, ctx: RunContext, tokenizer: Tokenizer, params: SamplingParams) -> int:
-        text = stream(
-            ctx.runner, tokenizer, self._render(tokenizer, self.cfg.prompt), params, truncate=self.cfg.truncate
-        )
+        text = stream(ctx.runner, tokenizer, self._render(tokenizer, self._prompt()), params,
+                      truncate=self.cfg.truncate)
         for delta in text:
             ctx.stdout.write(delta)
             ctx.stdout.flush()
         ctx.stdout.write("\n")
         ctx.stdout.flush()
         r = text.result
+        if r.finish_reason == "length":
+            print(f"plugstack: note: the answer stopped at {r.completion_tokens} tokens (app.max_new_tokens="
+                  f"{params.max_new_tokens}, or the context window); raise app.max_new_tokens for more.",
+                  file=sys.stderr)
         ctx.log.info(
             "generate.result",
             finish_reason=r.finish_reason,

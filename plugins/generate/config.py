@@ -19,10 +19,13 @@ class GenerateAppConfig(SamplingParams):
     run in batches into JSONL. The sampling options are :class:`plugstack.SamplingParams`'."""
 
     name: str = "generate"
-    #: The prompt (ignored when prompt_file is set).
-    prompt: str = DEFAULT_PROMPT
+    #: The prompt (or give it as words: `plugstack "Hi, how are you?"`); null = read stdin when it
+    #: is a pipe or a file, else the default question. Ignored when prompt_file is set.
+    prompt: Optional[str] = None
     #: Wrap each prompt as a user message with the model's chat template.
     chat: bool = True
+    #: A system message before each prompt (chat only); null = none.
+    system: Optional[str] = None
     #: One prompt per line, or .jsonl with {"prompt": ...} per line.
     prompt_file: Optional[str] = None
     #: Where prompt_file's results go (JSONL); null = generations.jsonl in the run's directory.

@@ -153,3 +153,12 @@ def test_plugin_registers_the_generate_app_without_importing_torch():
     import importlib
 
     assert getattr(importlib.import_module(module), attr) is GenerateApp
+
+
+def test_system_prompt_comes_before_the_users(make_ctx, runner, tokenizer):
+    ctx = make_ctx()
+    GenerateApp(app_cfg(prompt="Hello", system="Be brief.", ignore_eos=True)).run(ctx)
+    chat = tokenizer.apply_chat_template([{"role": "system", "content": "Be brief."},
+                                          {"role": "user", "content": "Hello"}], add_generation_prompt=True)
+    expected = stream(runner, tokenizer, chat, SamplingParams(max_new_tokens=12, ignore_eos=True))
+    assert ctx.stdout.getvalue() == "".join(expected) + "\n"
