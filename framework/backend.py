@@ -240,3 +240,8 @@ class Backend(ABC):
     @abstractmethod
     def prepare(self, model: Model) -> Runner:
         """Turn ``model`` into a Runner for this backend (may export, compile, quantise)."""
+
+    def runs_as(self) -> str | None:
+        """The name of the backend that runs the steps, when it is not this one (a backend
+        that delegates, like ``auto``, names its choice); logs and ``run.json`` show it."""
+        return None

@@ -48,8 +48,9 @@ class LogLevel(str, Enum):
 class LogConfig:
     #: ``console`` (coloured on a terminal) or ``json`` (one JSON object per line).
     format: LogFormat = LogFormat.console
-    #: Lowest level written to stderr: DEBUG | INFO | WARNING | ERROR | CRITICAL.
-    level: LogLevel = LogLevel.INFO
+    #: Lowest level shown on stderr: DEBUG | INFO | WARNING | ERROR | CRITICAL (the run
+    #: directory's plugstack.log keeps INFO and up whatever this says).
+    level: LogLevel = LogLevel.WARNING
 
 
 @dataclass

@@ -73,15 +73,19 @@ def configure(fmt: str = "console", level: str = "INFO") -> None:
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(logging.StreamHandler(sys.stderr))
+    shown = logging.getLevelName(level.upper())
+    kept = min(shown, logging.INFO)  # the run's log file keeps INFO and up whatever the console shows
     for handler in root.handlers:
         if isinstance(handler, logging.FileHandler):
             handler.setFormatter(_formatter("json"))
+            handler.setLevel(kept)
         elif isinstance(handler, logging.StreamHandler):
             stream = getattr(handler, "stream", None)
             handler.setFormatter(_formatter(fmt, colors=bool(getattr(stream, "isatty", lambda: False)())))
+            handler.setLevel(shown)
             if not any(isinstance(f, _FileOnly) for f in handler.filters):
                 handler.addFilter(_FileOnly())
-    root.setLevel(level.upper())
+    root.setLevel(kept)
 
 
 def bind_run(**values: Any) -> None:

@@ -95,6 +95,9 @@ def _make_backend(registry: Registry, cfg: DictConfig):
             f"Backend {entry.name!r} is not available here: {str(availability.reason).rstrip('.')}. "
             f"Available backends: {', '.join(usable) or '(none)'}; choose one with backend=<name>."
         )
+    running = backend.runs_as()
+    if running:  # every later line names the backend that runs, not only the one chosen
+        structlog.contextvars.bind_contextvars(backend=running, backend_choice=entry.name)
     log.info("backend.ready", device=availability.device.name if availability.device else None)
     return backend
 
@@ -151,9 +154,11 @@ def execute(cfg: DictConfig, *, registry: Registry | None = None, stdout=None) -
         code = exit_code(code, exc)
         log.warning("run.interrupted", signal="SIGTERM" if isinstance(exc, Terminated) else "SIGINT")
     finally:
+        ran = None
         if ctx is not None:
+            ran = ctx._backend.runs_as() if ctx._backend is not None else None
             ctx.close()
-        _write_run_record(output_dir, cfg, run_id, code, time.time() - started)
+        _write_run_record(output_dir, cfg, run_id, code, time.time() - started, ran)
     log.info("run.end", exit_code=code, seconds=round(time.time() - started, 3))
     return code
 
@@ -182,7 +187,8 @@ def _plain(cfg: DictConfig) -> Any:
         return OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
 
 
-def _write_run_record(output_dir: Path, cfg: DictConfig, run_id: str, code: int, seconds: float) -> None:
+def _write_run_record(output_dir: Path, cfg: DictConfig, run_id: str, code: int, seconds: float,
+                      ran: str | None) -> None:
     """``run.json``: what ran, with what and how it ended — every run dir describes itself."""
     from . import __version__
 
@@ -192,6 +198,7 @@ def _write_run_record(output_dir: Path, cfg: DictConfig, run_id: str, code: int,
         "exit_code": code,
         "seconds": round(seconds, 3),
         "choices": {g: str(cfg[g].name) for g in ("app", "model", "backend")},
+        "backend_ran": ran or str(cfg.backend.name),  # auto names its choice
         "config": _plain(cfg),
     }
     try:

