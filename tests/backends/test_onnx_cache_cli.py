@@ -19,7 +19,7 @@ from plugstack.files import _HOST, file_digest
 
 
 def argv(model_dir: Path) -> list[str]:
-    return ["app=describe", "backend=onnx", "model=llama", f"model.path={model_dir}"]
+    return ["app=describe", "backend=onnx", "model=llama", f"model.path={model_dir}", "log.level=INFO"]
 
 
 def env(tmp_path: Path, home: Path) -> dict[str, str]:
