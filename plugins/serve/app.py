@@ -55,12 +55,12 @@ class ServeApp(App):
             server = _Server(config, engine, cfg.shutdown_timeout, lambda: _announce(ctx, sock, options))
             engine.start()
             try:
-                server.run(sockets=[sock])
+                server.run(sockets=[sock])  # returns, or re-raises the SIGINT/SIGTERM that stopped it
             finally:
                 engine.stop("the server stopped")
+                ctx.log.info("serve.stopped", **engine.counts())
         finally:
             sock.close()
-        ctx.log.info("serve.stopped")
         return 0
 
 
