@@ -54,7 +54,7 @@ def create_api(engine: Engine, tokenizer: Tokenizer, options: ServeOptions, log:
     routes = _Routes(engine, tokenizer, options)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(routes.authorize)])
     v1.add_api_route("/models", routes.models, methods=["GET"])
-    v1.add_api_route("/models/{model_id}", routes.model, methods=["GET"])
+    v1.add_api_route("/models/{model_id:path}", routes.model, methods=["GET"])  # ids may hold a "/"
     v1.add_api_route("/completions", routes.completions, methods=["POST"])
     v1.add_api_route("/chat/completions", routes.chat_completions, methods=["POST"])
     api.include_router(v1)
@@ -244,13 +244,11 @@ class _Routes:
             raise ApiError(400, str(exc), param=param, code="context_length_exceeded" if too_long else None) from None
         reply = Reply(chat, request_id, self.options.model_name)
         if body.stream:
-            events = _stream(request, job, deltas, reply, body.include_usage)
-            return StreamingResponse(events, media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return _EngineStream(_stream(request, deltas, reply, body.include_usage), job)
         text, last = await _collect(request, job, deltas)
         _ended_well(last)
         request.state.usage = usage(last.prompt_tokens, last.completion_tokens)
-        return reply.whole(text, last.finish_reason or "stop", request.state.usage)
+        return JSONResponse(reply.whole(text, last.finish_reason or "stop", request.state.usage))
 
 
 def _ended_well(last: Delta) -> None:
@@ -279,28 +277,40 @@ async def _collect(request: Request, job: Any, deltas: asyncio.Queue[Delta]) -> 
         job.cancel("the request handler ended")  # a no-op for a finished request
 
 
-async def _stream(request: Request, job: Any, deltas: asyncio.Queue[Delta], reply: Reply,
-                  include_usage: bool) -> AsyncIterator[str]:
-    """Server-sent events: the deltas as chunks, the finish reason, usage if asked, [DONE].
-    A disconnect cancels this generator, and the finally cancels the engine request."""
-    try:
-        if reply.chat:  # OpenAI's first chat chunk carries the role
-            yield sse(reply.chunk("", role=True, with_usage=include_usage))
-        while True:
-            delta = await deltas.get()
-            if delta.text:
-                yield sse(reply.chunk(delta.text, with_usage=include_usage))
-            if delta.finish_reason is not None:
-                break
-        request.state.usage = usage(delta.prompt_tokens, delta.completion_tokens)
+class _EngineStream(StreamingResponse):
+    """Server-sent events whose engine request is cancelled however the response ends: a
+    disconnect cancels the stream (Starlette listens for it), even before its first chunk."""
+
+    def __init__(self, events: AsyncIterator[str], job: Any) -> None:
+        super().__init__(events, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.job = job
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
-            _ended_well(delta)
-        except ApiError as exc:  # the status is sent already: say it in the stream, as OpenAI does
-            yield sse(exc.body())
-        else:
-            yield sse(reply.chunk(None, delta.finish_reason, with_usage=include_usage))
-            if include_usage:
-                yield sse(reply.usage_chunk(request.state.usage))
-        yield sse("[DONE]")
-    finally:
-        job.cancel("the client disconnected")  # a no-op for a finished request
+            await super().__call__(scope, receive, send)
+        finally:
+            self.job.cancel("the client disconnected")  # a no-op for a finished request
+
+
+async def _stream(request: Request, deltas: asyncio.Queue[Delta], reply: Reply,
+                  include_usage: bool) -> AsyncIterator[str]:
+    """The deltas as chunks, then the finish reason, usage if asked, and ``[DONE]``."""
+    if reply.chat:  # OpenAI's first chat chunk carries the role
+        yield sse(reply.chunk("", role=True, with_usage=include_usage))
+    while True:
+        delta = await deltas.get()
+        if delta.text:
+            yield sse(reply.chunk(delta.text, with_usage=include_usage))
+        if delta.finish_reason is not None:
+            break
+    request.state.usage = usage(delta.prompt_tokens, delta.completion_tokens)
+    try:
+        _ended_well(delta)
+    except ApiError as exc:  # the status is sent already: say it in the stream, as OpenAI does
+        yield sse(exc.body())
+    else:
+        yield sse(reply.chunk(None, delta.finish_reason, with_usage=include_usage))
+        if include_usage:
+            yield sse(reply.usage_chunk(request.state.usage))
+    yield sse("[DONE]")

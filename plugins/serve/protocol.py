@@ -10,8 +10,9 @@ than ignored.
 from __future__ import annotations
 
 import json
+import re
 import time
-from typing import Any, ClassVar, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -38,10 +39,17 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+#: What pydantic adds to an error's location to say which member of a union it tried.
+_UNION_MEMBER = re.compile(r"^(str|int|float|bool|none|\w+\[.*\]|[A-Z]\w*)$")
+
+
 def from_validation_error(exc: ValidationError) -> ApiError:
     """The first problem pydantic found, worded as OpenAI words it, naming the parameter."""
-    first = exc.errors(include_url=False)[0]
-    param = ".".join(str(p) for p in first["loc"]) or None
+    errors = exc.errors(include_url=False)
+    # Of a union's errors, one that is not a type mismatch says what is wrong with the value.
+    first = next((e for e in errors if not e["type"].endswith("_type")), errors[0])
+    loc = [str(p) for p in first["loc"] if not (isinstance(p, str) and _UNION_MEMBER.match(p))]
+    param = ".".join(loc) or None
     if first["type"] == "extra_forbidden":
         return ApiError(400, f"Unrecognized request argument supplied: {param}", param=param)
     if first["type"] == "missing":
@@ -67,7 +75,7 @@ class _Common(_Strict):
     temperature: Optional[float] = Field(None, ge=0, le=2)
     top_p: Optional[float] = Field(None, gt=0, le=1)
     seed: Optional[int] = None
-    stop: Optional[Union[str, list[str]]] = Field(None, max_length=4)
+    stop: Optional[Union[str, Annotated[list[str], Field(max_length=4)]]] = None  # OpenAI takes up to 4
     n: Optional[int] = None
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None

@@ -78,7 +78,7 @@ def test_completion_and_its_stream(client, reference):
 
 def test_stop_strings_cut_the_answer(client, reference):
     full, _ = reference(messages=HI, max_tokens=40)
-    stop = full[10:13]  # three characters from the middle of the greedy answer
+    stop = full[10:16]  # six characters from the middle of the greedy answer
     cut = full[: full.index(stop)]
     r = client.chat.completions.create(model="llama", messages=HI, max_tokens=40, temperature=0, stop=stop)
     assert (r.choices[0].message.content, r.choices[0].finish_reason) == (cut, "stop")
@@ -116,6 +116,9 @@ ERRORS = [
     ("messages not a list", "chat/completions", {**CHAT, "messages": "hi"}, 400, "messages", "invalid_type"),
     ("a role it does not know", "chat/completions", {**CHAT, "messages": [{"role": "tool", "content": "x"}]},
      400, "messages.0.role", "invalid_value"),
+    ("an image part", "chat/completions", {**CHAT, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]}]}, 400, "messages.0.content.0.type",
+     "invalid_value"),
     ("temperature a string", "chat/completions", {**CHAT, "temperature": "0.5"}, 400, "temperature", "invalid_type"),
     ("max_tokens a float", "completions", {"model": "llama", "prompt": "x", "max_tokens": 1.5}, 400, "max_tokens",
      "invalid_type"),
