@@ -171,3 +171,22 @@ def test_stop_cancels_what_is_running_and_refuses_more(runner, tokenizer):
         assert (last.finish_reason, last.error) == ("cancelled", "shutting down")
     with pytest.raises(EngineClosedError, match="shutting down"):
         engine.submit(tokenizer.encode(PROMPTS[2]), greedy(4))
+
+
+# (the recurrent model on onnx goes through torch.onnx export: 8 s for nothing the others miss)
+@pytest.mark.parametrize(("kit_model", "backend"), [("tiny-llama", "cpu"), ("tiny-llama", "onnx"),
+                                                   ("tiny-recurrent", "cpu")])
+def test_any_decoder_on_any_backend_gets_its_alone_answers(kit_model, backend, tmp_path, monkeypatch):
+    """Model-agnostic: a KV-cache decoder and a fixed-state recurrent one, eager and ONNX Runtime."""
+    import plugstack
+    from plugstack.testing.tiny_models import KIT_MODELS, ByteTokenizer
+
+    monkeypatch.setenv("PLUGSTACK_HOME", str(tmp_path))  # where ONNX graphs are cached
+    runner = plugstack.create_backend(backend, threads=1).prepare(KIT_MODELS[kit_model](seed=3))
+    tok, params = ByteTokenizer(), greedy(12, ignore_eos=True)
+    prompts = ["The sea", "Hello there, sea", "Hi", "Why is the sea calm"]
+    with Engine(runner, tok, max_batch=2) as engine:
+        requests = [engine.submit(tok.encode(p), params) for p in prompts]
+        answers = [r.wait(timeout=60)[0] for r in requests]
+    assert answers == [alone(runner, tok, p, params)[0] for p in prompts]
+    assert max(r.max_batch for r in requests) == 2
