@@ -114,35 +114,39 @@ def check_decoder(runner: Runner) -> None:
 
 
 def fit_prompts(prompt_ids: Sequence[Sequence[int]], max_new: int, ctx: int | None, truncate: bool,
-                window: str = "the model's context window", labels: Sequence[str] = ()) -> list[list[int]]:
+                window: str = "the model's context window", labels: Sequence[str] = (), *,
+                max_new_name: str = "max_new_tokens", offer_truncate: bool = True) -> list[list[int]]:
     """Check every prompt is non-empty and fits the context window with ``max_new`` tokens
     after it; with ``truncate`` keep the tail of a prompt that does not fit. ``window``
-    names what sets ``ctx`` in messages, ``labels`` each prompt (e.g. ``prompts.txt:3``)."""
+    names what sets ``ctx`` in messages, ``labels`` each prompt (e.g. ``prompts.txt:3``),
+    ``max_new_name`` the caller's name for ``max_new`` (a server's ``max_tokens``);
+    ``offer_truncate`` False leaves truncation out of the advice (a caller without it)."""
     prompts = [list(p) for p in prompt_ids]
     if not prompts:
-        raise GenerationError("No prompts given: pass at least one prompt.")
+        raise GenerationError("No prompts given: pass at least one prompt.", param="prompt")
     label = (lambda i: labels[i]) if labels else (lambda i: f"Prompt {i}")
     for i, p in enumerate(prompts):
         if not p:
             raise GenerationError(
                 f"{label(i)} has no tokens: give a non-empty prompt (an empty string encodes to "
-                f"nothing when the tokenizer adds no BOS token).")
+                f"nothing when the tokenizer adds no BOS token).", param="prompt")
     if ctx is None:
         return prompts
     room = ctx - max_new
     if room < 1:
         raise GenerationError(
-            f"max_new_tokens={max_new} leaves no room for a prompt in {window} of {ctx} tokens: "
-            f"lower max_new_tokens below {ctx}.")
+            f"{max_new_name}={max_new} leaves no room for a prompt in {window} of {ctx} tokens: "
+            f"lower {max_new_name} below {ctx}.", param=max_new_name)
     for i, p in enumerate(prompts):
         if len(p) <= room:
             continue
         if not truncate:
+            advice = (f", or truncate (app.truncate=true; truncate=True in Python) to keep its last {room} tokens"
+                      if offer_truncate else "")
             raise GenerationError(
-                f"{label(i)} has {len(p)} tokens; with max_new_tokens={max_new} that needs "
+                f"{label(i)} has {len(p)} tokens; with {max_new_name}={max_new} that needs "
                 f"{len(p) + max_new} positions, but {window} is {ctx}. "
-                f"Shorten the prompt to at most {room} tokens, lower max_new_tokens, or truncate "
-                f"(app.truncate=true; truncate=True in Python) to keep its last {room} tokens.")
+                f"Shorten the prompt to at most {room} tokens, lower {max_new_name}{advice}.", param="prompt")
         log.warning("generate.prompt.truncated", prompt=label(i), tokens=len(p), kept=room)
         prompts[i] = p[-room:]
     return prompts

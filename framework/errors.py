@@ -13,10 +13,12 @@ __all__ = [
     "BackendUnavailableError",
     "ConfigError",
     "DuplicatePluginError",
+    "EngineClosedError",
     "GenerationError",
     "ModelLoadError",
     "PluginError",
     "PlugstackError",
+    "QueueFullError",
     "StorageError",
     "Terminated",
     "UnknownPluginError",
@@ -89,7 +91,21 @@ class ModelLoadError(PlugstackError):
 
 
 class GenerationError(PlugstackError, ValueError):
-    """Invalid generation request: sampling parameters, prompt length, stop strings."""
+    """Invalid generation request: sampling parameters, prompt length, stop strings.
+
+    ``param`` names the request parameter to blame where there is one (a server reports it)."""
+
+    def __init__(self, message: str = "", *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class QueueFullError(PlugstackError):
+    """A request came while the engine's waiting queue was full: try again later."""
+
+
+class EngineClosedError(PlugstackError):
+    """A request came after the engine stopped taking requests (shutting down, or stopped)."""
 
 
 class StorageError(PlugstackError):

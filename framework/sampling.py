@@ -66,7 +66,7 @@ class SamplingParams:
         """Raise :class:`GenerationError` naming the first invalid parameter."""
 
         def bad(name: str, value: object, expected: str) -> GenerationError:
-            return GenerationError(f"Invalid sampling parameter {name}={value!r}: expected {expected}.")
+            return GenerationError(f"Invalid sampling parameter {name}={value!r}: expected {expected}.", param=name)
 
         def number(name: str, value: object, *, integer: bool = False) -> float:
             # bool is an int subclass; `temperature=True` is a mistake, not 1.0.

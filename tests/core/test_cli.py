@@ -19,7 +19,7 @@ def plugstack(*args: str, env: dict | None = None, cwd: Path | None = None, time
                           cwd=cwd, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-HEAVY = ("torch", "onnxruntime", "transformers")
+HEAVY = ("torch", "onnxruntime", "transformers", "fastapi", "uvicorn")
 
 
 @pytest.mark.parametrize("argv", [["plugins"], ["backends"], ["--help"], ["plugins", "--json"]])
