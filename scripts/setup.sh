@@ -10,6 +10,14 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install -q torch==2.13.0
 if [ "${1:-}" = "--test" ]; then
   .venv/bin/python -m pip install -q -e ".[test]" -e ./examples/plugstack-example
+  # The web page's browser test drives Debian's Chromium through Playwright (no browser downloads).
+  if ! command -v chromium >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+    else
+      echo "setup.sh: the browser test needs Chromium at /usr/bin/chromium: sudo apt-get install chromium" >&2
+    fi
+  fi
 else
   .venv/bin/python -m pip install -q -e .
 fi

@@ -17,10 +17,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from importlib.resources import files
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -46,6 +47,8 @@ class ServeOptions:
     api_key: str | None
     max_body_bytes: int
     system_prompt: str | None = None
+    #: The backend that runs the steps (shown by /health and the web page).
+    backend: str | None = None
 
 
 def create_api(engine: Engine, tokenizer: Tokenizer, options: ServeOptions, log: Any) -> FastAPI:
@@ -59,6 +62,8 @@ def create_api(engine: Engine, tokenizer: Tokenizer, options: ServeOptions, log:
     v1.add_api_route("/chat/completions", routes.chat_completions, methods=["POST"])
     api.include_router(v1)
     api.add_api_route("/health", routes.health, methods=["GET"])
+    page = HTMLResponse(files("plugstack.plugins.serve").joinpath("static/index.html").read_text(encoding="utf-8"))
+    api.add_api_route("/", lambda: page, methods=["GET"], include_in_schema=False)  # the web chat page
     api.add_exception_handler(ApiError, _api_error)
     api.add_exception_handler(StarletteHTTPException, _http_error)
     api.add_exception_handler(Exception, _server_error)
@@ -146,7 +151,8 @@ class _Routes:
         return self._model_object()
 
     async def health(self) -> dict[str, Any]:
-        return {"status": "ok", "model": self.options.model_name, **self.engine.counts()}
+        return {"status": "ok", "model": self.options.model_name, "backend": self.options.backend,
+                **self.engine.counts()}
 
     def _check_model(self, name: str) -> None:
         if name != self.options.model_name:

@@ -45,7 +45,8 @@ class ServeApp(App):
             engine = Engine(ctx.runner, tokenizer, max_batch=cfg.max_batch, max_queue=cfg.max_queue,
                             max_tokens_limit=cfg.max_tokens_limit)
             options = ServeOptions(model_name=cfg.model_name or ctx.model.name, api_key=_api_key(cfg),
-                                   max_body_bytes=cfg.max_body_bytes, system_prompt=cfg.system_prompt)
+                                   max_body_bytes=cfg.max_body_bytes, system_prompt=cfg.system_prompt,
+                                   backend=ctx.backend.runs_as() or str(ctx.cfg.backend.name))
             if options.api_key is None and not _loopback(cfg.host):
                 ctx.log.warning("serve.open", host=cfg.host, hint="anyone who can reach this address can use the "
                                 "model: set app.api_key or PLUGSTACK_API_KEY")

@@ -26,6 +26,8 @@ class Server:
             env["PLUGSTACK_API_KEY"] = api_key
         args = [str(BIN), "app=serve", "model=llama", f"model.path={model_dir}", "backend=cpu", "backend.threads=1",
                 "app.port=0", "log.format=json", *overrides]
+        if not any(o.startswith("log.level=") for o in overrides):
+            args.append("log.level=INFO")  # the events the tests read (the console's default is WARNING)
         self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.lines: list[str] = []
         self._stdout: queue.Queue[str] = queue.Queue()

@@ -38,7 +38,7 @@ def test_binds_loopback_and_lists_the_model(server, client):
     assert (model.id, model.object, model.owned_by) == ("llama", "model", "plugstack")
     assert client.models.retrieve("llama").id == "llama"
     health = httpx.get(server.url + "/health").json()
-    assert health == {"status": "ok", "model": "llama", "running": 0, "waiting": 0, "max_batch": 8}
+    assert health == {"status": "ok", "model": "llama", "backend": "cpu", "running": 0, "waiting": 0, "max_batch": 8}
 
 
 def test_chat_completion_is_the_greedy_answer(client, reference):
