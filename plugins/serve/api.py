@@ -224,7 +224,7 @@ class _Routes:
         try:
             params = SamplingParams(max_new_tokens=max_new, temperature=1.0 if body.temperature is None
                                     else body.temperature, top_p=1.0 if body.top_p is None else body.top_p,
-                                    seed=body.seed, stop=body.stops())
+                                    seed=body.seed, stop=body.stops(), ignore_eos=body.ignore_eos)
         except GenerationError as exc:
             raise ApiError(400, str(exc), param=exc.param) from None
         return params, name

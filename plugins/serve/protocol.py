@@ -83,6 +83,8 @@ class _Common(_Strict):
     presence_penalty: Optional[float] = None
     frequency_penalty: Optional[float] = None
     logit_bias: Optional[dict[str, Any]] = None
+    #: Not OpenAI's: keep generating past end-of-sequence (vLLM's and llama-server's name; benchmarks).
+    ignore_eos: bool = False
 
     #: Known fields this server does not implement, and the value that means "not used".
     UNSUPPORTED: ClassVar[tuple[tuple[str, Any], ...]] = (("presence_penalty", 0), ("frequency_penalty", 0),

@@ -87,6 +87,15 @@ def test_stop_strings_cut_the_answer(client, reference):
     assert "".join(c.choices[0].delta.content or "" for c in streamed) == cut
 
 
+def test_ignore_eos_generates_every_token_asked_for(client):
+    """vLLM's and llama-server's extension (for benchmarks): the answer runs to max_tokens."""
+    plain = client.chat.completions.create(model="llama", messages=HI, max_tokens=200, temperature=0)
+    long = client.chat.completions.create(model="llama", messages=HI, max_tokens=200, temperature=0,
+                                          extra_body={"ignore_eos": True})
+    assert long.usage.completion_tokens == 200 and long.choices[0].finish_reason == "length"
+    assert long.choices[0].message.content.startswith(plain.choices[0].message.content.rstrip())
+
+
 def test_seeded_sampling_is_reproducible(client):
     def sample(seed):
         r = client.chat.completions.create(model="llama", messages=HI, max_tokens=24, temperature=1.0,
