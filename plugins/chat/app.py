@@ -125,8 +125,8 @@ class Session:
             text = stream(self.ctx.runner, self.tokenizer, fitted.prompt, self.params)
             for delta in text:
                 self.out.write(delta)
+                shown.append(delta)  # before the flush: a Ctrl-C during it still keeps what reached the screen
                 self.out.flush()
-                shown.append(delta)
         except Terminated:
             raise
         except KeyboardInterrupt:
