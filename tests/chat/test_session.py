@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -53,12 +55,17 @@ def test_a_message_too_long_alone_raises_and_keeps_the_conversation(tokenizer):
 
 
 @pytest.fixture
-def make_session(chat_model, tmp_path):
+def make_ctx(chat_model, tmp_path):
+    """A run context over the in-process model, its stdout a StringIO."""
     model, runner = chat_model
+    return lambda: RunContext(cfg=None, log=structlog.get_logger("test"), run_id="test", output_dir=tmp_path,
+                              stdout=io.StringIO(), _model=model, _runner=runner)
 
+
+@pytest.fixture
+def make_session(make_ctx):
     def make(max_new_tokens=8, system=None, interruptible=True):
-        ctx = RunContext(cfg=None, log=structlog.get_logger("test"), run_id="test", output_dir=tmp_path,
-                         stdout=io.StringIO(), _model=model, _runner=runner)
+        ctx = make_ctx()
         params = SamplingParams(max_new_tokens=max_new_tokens)
         return Session(ctx, params, system=system, out=ctx.stdout, notes=io.StringIO(), interruptible=interruptible)
 
@@ -130,11 +137,9 @@ def test_turns_dropped_are_announced(make_session):
     assert s.conversation.turns[-1].user == "message 5" and s.conversation.turns[0].user != "message 0"
 
 
-def test_piped_stdin_answers_each_line_then_a_blank_line(chat_model, tmp_path, monkeypatch, capsys, greedy):
-    model, runner = chat_model
+def test_piped_stdin_answers_each_line_then_a_blank_line(make_ctx, monkeypatch, capsys, greedy):
     monkeypatch.setattr("sys.stdin", io.StringIO("Hello\n\n/reset\nBye\n"))
-    ctx = RunContext(cfg=None, log=structlog.get_logger("test"), run_id="test", output_dir=tmp_path,
-                     stdout=io.StringIO(), _model=model, _runner=runner)
+    ctx = make_ctx()
     assert ChatApp(replace(ChatAppConfig(), max_new_tokens=6)).run(ctx) == 0
     hello = greedy([{"role": "user", "content": "Hello"}], 6)
     bye = greedy([{"role": "user", "content": "Bye"}], 6)  # /reset forgot Hello
@@ -142,10 +147,25 @@ def test_piped_stdin_answers_each_line_then_a_blank_line(chat_model, tmp_path, m
     assert "Conversation cleared." in capsys.readouterr().err
 
 
-def test_no_room_for_a_reply_is_a_config_error(chat_model, tmp_path, monkeypatch):
-    model, runner = chat_model
+def test_piped_input_that_cannot_be_answered_makes_the_run_exit_2(make_ctx, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO("/nope\n" + "word " * 3000 + "\nHi\n"))
+    ctx = make_ctx()
+    assert ChatApp(replace(ChatAppConfig(), max_new_tokens=6)).run(ctx) == 2
+    err = capsys.readouterr().err
+    assert "Unknown command /nope." in err and "This message does not fit" in err
+    assert err.endswith("plugstack: error: 2 line(s) of input could not be answered (see above).\n")
+    assert ctx.stdout.getvalue().count("\n\n") == 1  # "Hi" was answered
+
+
+def test_no_room_for_a_reply_is_a_config_error(make_ctx, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO("Hello\n"))
-    ctx = RunContext(cfg=None, log=structlog.get_logger("test"), run_id="test", output_dir=tmp_path,
-                     stdout=io.StringIO(), _model=model, _runner=runner)
+    ctx = make_ctx()
     with pytest.raises(ConfigError, match=r"app.max_new_tokens=4096 leaves no room .* of 4096 tokens"):
         ChatApp(replace(ChatAppConfig(), max_new_tokens=4096)).run(ctx)
+
+
+def test_importing_the_app_loads_neither_prompt_toolkit_nor_torch():
+    code = ("import sys, plugstack.plugins.chat.app; "
+            "print(sorted(m for m in ('prompt_toolkit', 'torch') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

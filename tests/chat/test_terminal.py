@@ -176,12 +176,3 @@ def test_piped_lines_are_answered_one_by_one(chat_model_dir, greedy, env):
     hi = greedy([{"role": "system", "content": "Be brief."}, user("Bye"), assistant(bye), user("Hi")], 10)
     assert result.stdout == f"{hello}\n\n{bye}\n\n{hi}\n\n"
     assert "Conversation cleared." in result.stderr
-
-
-def test_piped_input_that_cannot_be_answered_exits_2(chat_model_dir, env):
-    lines = "/nope\n" + "word " * 80 + "\nHi\n"
-    result = run(["app=chat", "model=llama", f"model.path={chat_model_dir}", "backend=cpu",
-                  "model.context_length=64", "app.max_new_tokens=8"], env=env, stdin=lines)
-    check(result, 2, ["Unknown command /nope.", "This message does not fit",
-                      "2 line(s) of input could not be answered"])
-    assert result.stdout.endswith("\n\n") and result.stdout.count("\n\n") == 1  # only "Hi" answered
