@@ -40,7 +40,7 @@ __all__ = ["COMMANDS", "ChatApp", "Session"]
 COMMANDS = {
     "/help": "list these commands",
     "/reset": "forget the conversation (the system message stays)",
-    "/system": "/system <text> replaces the system message; /system shows it; /system - removes it",
+    "/system": "<text> replaces the system message; alone, shows it; /system - removes it",
     "/history": "show the conversation as the model sees it",
     "/exit": "leave (also /quit, Ctrl-D)",
 }

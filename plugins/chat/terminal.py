@@ -35,8 +35,9 @@ def run_terminal(session: Session, cfg: Any, history_path: Path | None) -> int:
         output=create_output(always_prefer_tty=True),
     )
     keys = "Alt+Enter sends, Enter starts a new line" if cfg.multiline else "Alt+Enter starts a new line"
-    session.note(f"Chatting with {session.ctx.model.name}. /help lists commands; {keys}; "
-                 f"Ctrl-C stops a reply; Ctrl-D or /exit leaves.")
+    model = session.ctx.model
+    session.note(f"Chatting with {Path(model.source).name if model.source else model.name}. /help lists "
+                 f"commands; {keys}; Ctrl-C stops a reply; Ctrl-D or /exit leaves.")
     armed = False  # a Ctrl-C on an empty line; a second one in a row leaves
     while True:
         try:
