@@ -8,9 +8,9 @@ Ctrl-C in a row leaves, as do Ctrl-D and ``/exit`` (exit code 0).
 
 From a pipe or a file: one message per line, each answer on stdout followed by a blank
 line, and nothing else there (notices go to stderr), so ``printf 'Hi\\nBye\\n' | plugstack
-app=chat`` is scriptable. Commands work in both modes. A message that could not be answered
-(too long, unknown command) is reported on stderr, the next line is read, and the run then
-exits 2.
+app=chat`` is scriptable. Commands work in both modes. A line that could not be answered
+(too long, an unknown command, not UTF-8) is reported on stderr, the next line is read, and
+the run then exits 2.
 
 Before each reply the oldest turns are dropped, with a notice, until the prompt and
 ``max_new_tokens`` fit the context window; the system message is always kept.
@@ -171,7 +171,7 @@ class ChatApp(App):
         if ctx.model.tokenizer is None:
             raise ConfigError(f"Model {ctx.model.name!r} has no tokenizer, so the chat app cannot use it: "
                               f"choose a text model.")
-        interactive = sys.stdin.isatty()
+        interactive = sys.stdin is not None and sys.stdin.isatty()  # None: fd 0 closed, read as empty
         session = Session(ctx, params, system=self.cfg.system, out=ctx.stdout, notes=sys.stderr,
                           interruptible=interactive)
         self._check(session)
@@ -179,7 +179,19 @@ class ChatApp(App):
             from .terminal import run_terminal  # prompt_toolkit only for a person at a terminal
 
             return run_terminal(session, self.cfg, self.history_path())
-        for line in sys.stdin:
+        return self._piped(session)
+
+    def _piped(self, session: Session) -> int:
+        """One message (or command) per line of stdin; 2 if a line could not be answered."""
+        if hasattr(sys.stdin, "reconfigure"):
+            sys.stdin.reconfigure(errors="surrogateescape")  # a line that is not UTF-8 is reported, not fatal
+        for number, line in enumerate(sys.stdin or (), start=1):
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError:
+                session.failed += 1
+                session.note(f"Line {number} of stdin is not UTF-8 text: skipped.")
+                continue
             if not session.handle(line):
                 break
         if session.failed:

@@ -157,6 +157,14 @@ def test_piped_input_that_cannot_be_answered_makes_the_run_exit_2(make_ctx, monk
     assert ctx.stdout.getvalue().count("\n\n") == 1  # "Hi" was answered
 
 
+def test_a_line_that_is_not_utf8_is_skipped_and_the_run_exits_2(make_ctx, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9\nHi\n"), encoding="utf-8"))
+    ctx = make_ctx()
+    assert ChatApp(replace(ChatAppConfig(), max_new_tokens=6)).run(ctx) == 2
+    assert "Line 1 of stdin is not UTF-8 text: skipped." in capsys.readouterr().err
+    assert ctx.stdout.getvalue().count("\n\n") == 1  # "Hi" was answered
+
+
 def test_no_room_for_a_reply_is_a_config_error(make_ctx, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO("Hello\n"))
     ctx = make_ctx()
