@@ -58,7 +58,10 @@ def test_wheel_cli_runs_from_the_fresh_env(fresh_env, tmp_path):
     cfg = run(bin_ / "plugstack", "backend=onnx", "--cfg", "job", cwd=tmp_path).stdout
     assert "name: onnx" in cfg
     plugins = {p["name"] for p in json.loads(run(bin_ / "plugstack", "plugins", "--json", cwd=tmp_path).stdout)}
-    assert {"cpu", "onnx", "cuda", "auto", "llama", "generate", "chat"} <= plugins
+    assert {"cpu", "onnx", "cuda", "auto", "llama", "generate", "chat", "serve"} <= plugins
+    page = run(bin_ / "python", "-c", "from importlib.resources import files; "
+               "print(files('plugstack.plugins.serve').joinpath('static/index.html').read_text()[:15])", cwd=tmp_path)
+    assert page.stdout.startswith("<!doctype html>")  # the web page ships in the wheel
 
 
 def test_example_plugin_install_use_uninstall(fresh_env, tiny_model_dir, tmp_path):
