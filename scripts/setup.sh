@@ -13,7 +13,8 @@ if [ "${1:-}" = "--test" ]; then
   # The web page's browser test drives Debian's Chromium through Playwright (no browser downloads).
   if ! command -v chromium >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-      apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+      { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+        || echo "setup.sh: could not install chromium; the browser test will fail until it is" >&2
     else
       echo "setup.sh: the browser test needs Chromium at /usr/bin/chromium: sudo apt-get install chromium" >&2
     fi
