@@ -216,6 +216,8 @@ _STORAGE_FIX = {
     errno.ENOTDIR: "remove the file that stands where a directory should be",
     errno.EEXIST: "remove the file that stands where a directory should be",
 }
+#: The OS errors that are about where plugstack writes (permissions, space), not bugs.
+STORAGE_ERRNOS = frozenset(_STORAGE_FIX)
 #: Errors that concern the disk, whatever file they name (a write() names none).
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 

@@ -26,7 +26,7 @@ from . import logs
 from .app import RunContext
 from .config import check_keys
 from .errors import BackendUnavailableError, PlugstackError, StorageError, Terminated
-from .files import atomic_write
+from .files import STORAGE_ERRNOS, atomic_write
 from .registry import Registry, get_registry
 
 __all__ = ["environment_error", "execute", "exit_code", "group_config"]
@@ -49,9 +49,9 @@ def group_config(node: Any) -> Any:
         raise explain(exc) from None
 
 
-#: OS errors that say something about this machine (permissions, space), not about a bug.
-_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENOTDIR,
-                       errno.EISDIR, errno.ENAMETOOLONG, errno.EEXIST}
+#: OS errors that say something about this machine, not about a bug: the storage ones, and
+#: a path that names a directory or is too long.
+_ENVIRONMENT_ERRNOS = STORAGE_ERRNOS | {errno.EISDIR, errno.ENAMETOOLONG}
 
 
 def environment_error(exc: OSError) -> PlugstackError | None:

@@ -230,24 +230,19 @@ def use_entry(get: Callable[[], CacheEntry], use: Callable[[CacheEntry], T]) -> 
     """``use(get())``; if ``use`` finds the cached entry damaged (:class:`DamagedEntry`), log it,
     rebuild it once and use the new one. An entry this call built that cannot be used is a
     :class:`ModelLoadError` (no second rebuild)."""
-    entry = get()
-    try:
-        return use(entry)
-    except DamagedEntry as e:
-        if not e.concerns(entry):
-            raise
-        if entry.built:
-            raise _unusable(entry, e) from e
-        log.warning("onnx.cache.corrupt", key=entry.path.name, path=str(entry.path), reason=e.reason,
-                    action="rebuild")
-        invalidate(entry)
-    entry = get()
-    try:
-        return use(entry)
-    except DamagedEntry as e:
-        if not e.concerns(entry):
-            raise
-        raise _unusable(entry, e) from e
+    for attempt in range(2):
+        entry = get()
+        try:
+            return use(entry)
+        except DamagedEntry as e:
+            if not e.concerns(entry):
+                raise
+            if entry.built or attempt:
+                raise _unusable(entry, e) from e
+            log.warning("onnx.cache.corrupt", key=entry.path.name, path=str(entry.path), reason=e.reason,
+                        action="rebuild")
+            invalidate(entry)
+    raise AssertionError("unreachable: the second attempt returns or raises")
 
 
 def _unusable(entry: CacheEntry, e: DamagedEntry) -> ModelLoadError:

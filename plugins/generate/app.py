@@ -133,17 +133,16 @@ class GenerateApp(App):
         params = sampling_params(cfg)
         if cfg.batch_size < 1:
             raise ConfigError(f"app.batch_size={cfg.batch_size} is invalid: expected an integer >= 1.")
-        prompts = read_prompts(cfg.prompt_file) if cfg.prompt_file else None
-        if prompts is not None:
-            output_path(cfg, ctx.output_dir)  # a bad output path fails before the model loads
+        # The prompt file and the output path are checked before the model loads.
+        batch = (read_prompts(cfg.prompt_file), output_path(cfg, ctx.output_dir)) if cfg.prompt_file else None
         tokenizer = ctx.model.tokenizer
         if tokenizer is None:
             raise ConfigError(
                 f"Model {ctx.model.name!r} has no tokenizer, so the generate app cannot use it: choose a text model."
             )
-        if prompts is None:
+        if batch is None:
             return self._stream_one(ctx, tokenizer, params)
-        return self._run_file(ctx, tokenizer, params, prompts)
+        return self._run_file(ctx, tokenizer, params, *batch)
 
     def _render(self, tokenizer: Tokenizer, prompt: str) -> str:
         if not self.cfg.chat:
@@ -186,9 +185,10 @@ class GenerateApp(App):
         )
         return 0
 
-    def _run_file(self, ctx: RunContext, tokenizer: Tokenizer, params: SamplingParams, prompts: list[Prompt]) -> int:
+    def _run_file(self, ctx: RunContext, tokenizer: Tokenizer, params: SamplingParams, prompts: list[Prompt],
+                  path: Path) -> int:
         rendered = self._checked(ctx, tokenizer, params, prompts)
-        out = ResultsFile(output_path(self.cfg, ctx.output_dir))
+        out = ResultsFile(path)
         size, status = self.cfg.batch_size, "interrupted"
         try:
             for start in range(0, len(prompts), size):
