@@ -49,8 +49,10 @@ def parse() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--prompt", default=PROMPT)
-    p.add_argument("--variants", default="eager,onnx-fp32,onnx-int8,onnx-int4,export-fp32,export-int8",
-                   help="comma list of eager, onnx-{fp32,int8,int4} (default graph: fused operators), "
+    p.add_argument("--variants", default="eager,onnx-fp32,onnx-native-l0,onnx-native-l4,onnx-int8,onnx-int4,"
+                                         "export-fp32,export-int8",
+                   help="comma list of eager, onnx-{fp32,int8,int4,native-l0,native-l4} (default graph: fused "
+                        "operators; native-lN: the GGUF's own blocks at accuracy_level N), "
                         "export-{fp32,int8,int4} (graph=export: the torch.onnx export; minutes to build)")
     p.add_argument("--peers", default=",".join(PEERS),
                    help="comma list of peers (default: all; those not installed are skipped): " + ", ".join(PEERS))
@@ -382,8 +384,9 @@ def main() -> int:
             continue
         graph, dtype = variant.split("-", 1)
         graph = "auto" if graph == "onnx" else "export"
-        cfg = OnnxBackendConfig(threads=args.threads, quantize=None if dtype == "fp32" else dtype,
-                                cache_dir=args.cache_dir, graph=graph)
+        quantize, _, level = dtype.partition("-l")  # native-l0: quantize=native, accuracy_level=0
+        cfg = OnnxBackendConfig(threads=args.threads, quantize=None if quantize == "fp32" else quantize,
+                                accuracy_level=int(level or 4), cache_dir=args.cache_dir, graph=graph)
         t0 = time.perf_counter()
         runner = OnnxBackend(cfg).prepare(model)
         prep = time.perf_counter() - t0

@@ -49,6 +49,13 @@ class GraphRequest:
     dtype: str = "fp32"
     #: ONNX opset the backend runs (a builder may use a lower one).
     opset: int = 23
+    #: ``None``: float weights. ``"native"``: the weights as the model's file stores them,
+    #: block-quantised (``MatMulNBits``, see ``plugstack.nbits``); a builder whose model did
+    #: not come block-quantised declines it.
+    quantize: str | None = None
+    #: ONNX Runtime's ``MatMulNBits`` ``accuracy_level`` for native weights: 0 computes in
+    #: fp32 (the file's exact arithmetic), 4 quantises activations to int8 per block (faster).
+    accuracy_level: int = 4
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,12 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("plugstack.onnx")
 
+#: What ``plugstack backends`` says about ``backend.quantize``.
+QUANTIZE_NOTE = ("auto (default): native where the weights come block-quantised from a GGUF, else fp32; "
+                 "native: the file's own Q4_0/Q4_1/Q8_0 blocks as MatMulNBits, no added error; "
+                 "int8|int4: the fp32 graph quantised again; accuracy_level=4 (int8 activations, fast) or "
+                 "0 (fp32 activations: with native, the file's exact arithmetic)")
+
 #: Distributions that provide the ``onnxruntime`` module, and the providers each can offer.
 _DISTRIBUTIONS = {
     "onnxruntime": ("CPUExecutionProvider",),
@@ -79,7 +85,7 @@ class OnnxBackend(Backend):
     """ONNX Runtime backend: the model's step graph is exported once, cached, then run by ORT."""
 
     capabilities: ClassVar[frozenset[str]] = frozenset(
-        {"inference", "batch", "export:onnx", "quantize:int8", "quantize:int4"}
+        {"inference", "batch", "export:onnx", "quantize:int8", "quantize:int4", "quantize:native"}
     )
 
     def __init__(self, cfg: Any = None) -> None:
@@ -108,6 +114,7 @@ class OnnxBackend(Backend):
                     "providers": usable,
                     "unavailable_providers": why_not,
                     "cpu": platform.processor() or platform.machine(),
+                    "quantize": QUANTIZE_NOTE,
                 },
             )
             if not wanted:
@@ -157,13 +164,15 @@ class OnnxBackend(Backend):
         from .build import choose_builder, runner_from_cache
 
         opts = dataclasses.replace(self.options, providers=self._providers())
-        builder = choose_builder(model, opts)
+        builder, quantize = choose_builder(model, opts)
+        opts = dataclasses.replace(opts, quantize=quantize)
         if builder is None:  # the generic export concatenates: refuse what cannot apply before exporting
             self.kv_mode(model, BuiltGraph(), opts.providers[0])
         make = functools.partial(self._runner, model)
         with storage_errors(self.cache_dir(), what="the ONNX graph cache", setting=self._cache_setting()):
             runner = runner_from_cache(model, opts, builder, self.cache_dir(), make)
-        log.info("onnx.prepare.done", model=model.name, quantize=opts.quantize, kv_cache=runner.kv_cache,
+        log.info("onnx.prepare.done", model=model.name, quantize=opts.quantize,
+                 accuracy_level=opts.accuracy_level if opts.quantize else None, kv_cache=runner.kv_cache,
                  slot_capacity=runner.slot_capacity, providers=runner.providers, cached=not runner.cache_entry.built,
                  path=str(runner.path))
         return runner

@@ -29,9 +29,9 @@ log = structlog.get_logger("plugstack.onnx")
 BUILDER_KEY = "onnx"
 
 
-def choose_builder(model: Model, options: OnnxBackendConfig) -> OnnxGraphBuilder | None:
-    """The model's graph builder under ``backend.graph``, or ``None`` for the generic export."""
-    request = GraphRequest(dtype=options.dtype, opset=options.opset)
+def choose_builder(model: Model, options: OnnxBackendConfig) -> tuple[OnnxGraphBuilder | None, str | None]:
+    """The model's graph builder under ``backend.graph`` (``None``: the generic export), and
+    what ``backend.quantize`` comes to with it (``auto``: ``native`` where that builder can)."""
     builder = model.builders.get(BUILDER_KEY)
     if options.graph == "export":
         why = "backend.graph=export"
@@ -41,15 +41,37 @@ def choose_builder(model: Model, options: OnnxBackendConfig) -> OnnxGraphBuilder
         why = f"Model.builders[{BUILDER_KEY!r}] of {model.name!r} is not an OnnxGraphBuilder (needs version, "
         why += "declines, build)"
     else:
-        why = builder.declines(model, request)
+        why = builder.declines(model, request_of(options, None))
+    if why:
+        if options.graph == "fused":
+            raise UnsupportedOptionError(f"backend.graph=fused needs the model's own graph builder, but {why}. "
+                                         f"Use backend.graph=auto (or export) for the generic torch.onnx export.")
+        if options.quantize == "native":
+            raise UnsupportedOptionError(f"backend.quantize=native needs the model's own graph builder, but {why}. "
+                                         f"Use backend.quantize=int8, int4 or null.")
+        log.info("onnx.graph", path="export", reason=why, model=model.name)
+        return None, None if options.quantize == "auto" else options.quantize
+    log.info("onnx.graph", path="builder", builder=_name(builder), model=model.name)
+    return builder, native_or_not(model, options, builder)
+
+
+def native_or_not(model: Model, options: OnnxBackendConfig, builder: OnnxGraphBuilder) -> str | None:
+    """``backend.quantize`` resolved for ``builder``: ``auto`` is ``native`` where it can write it."""
+    if options.quantize not in ("native", "auto"):
+        return options.quantize
+    why = builder.declines(model, request_of(options, "native"))
     if not why:
-        log.info("onnx.graph", path="builder", builder=_name(builder), model=model.name)
-        return builder
-    if options.graph == "fused":
-        raise UnsupportedOptionError(f"backend.graph=fused needs the model's own graph builder, but {why}. "
-                                     f"Use backend.graph=auto (or export) for the generic torch.onnx export.")
-    log.info("onnx.graph", path="export", reason=why, model=model.name)
+        return "native"
+    if options.quantize == "native":
+        raise UnsupportedOptionError(f"backend.quantize=native cannot apply: {why}. Use backend.quantize=null "
+                                     f"(fp32), int8 or int4, which quantise the float graph.")
+    log.info("onnx.quantize.auto", chose=None, reason=why, model=model.name)
     return None
+
+
+def request_of(options: OnnxBackendConfig, quantize: str | None) -> GraphRequest:
+    return GraphRequest(dtype=options.dtype, opset=options.opset, quantize=quantize,
+                        accuracy_level=options.accuracy_level)
 
 
 def _name(builder: Any) -> str:
@@ -75,6 +97,7 @@ def key_parts(model: Model, options: OnnxBackendConfig, builder: OnnxGraphBuilde
         "signature": model.signature.describe(),
         "dtype": options.dtype,
         "quantize": quantize,
+        "accuracy_level": options.accuracy_level if quantize else None,
         "opset": options.opset,
         "torch": torch.__version__,
         "onnx": onnx.__version__,
@@ -152,7 +175,7 @@ def runner_from_cache(model: Model, options: OnnxBackendConfig, builder: OnnxGra
     def base() -> CacheEntry:
         return base_entry(model, options, builder, cache_dir, make_runner, made)
 
-    if options.quantize is None:
+    if options.quantize in (None, "native"):  # the builder writes native weights itself
         return use_entry(base, use)
     return use_entry(base, lambda b: use_entry(
         lambda: quantized_entry(model, options, builder, b, cache_dir, make_runner, made), use))
@@ -160,34 +183,37 @@ def runner_from_cache(model: Model, options: OnnxBackendConfig, builder: OnnxGra
 
 def base_entry(model: Model, options: OnnxBackendConfig, builder: OnnxGraphBuilder | None, cache_dir: Path,
                make_runner: MakeRunner, made: dict[str, Any]) -> CacheEntry:
-    """The fp32 (or fp16) graph's cache entry, built (and verified) on a miss. A runner made
-    while verifying is left in ``made["runner"]`` when no quantisation follows."""
+    """The graph the builder or the export writes (fp32, fp16 or native weights), built (and
+    verified) on a miss. A runner made while verifying is left in ``made["runner"]`` when no
+    quantisation follows."""
     from .export import export_step
     from .verify import verify_against_eager
 
     def build(tmp: Path) -> dict[str, Any]:
         path = tmp / "model.onnx"
         if builder is not None:
-            graph = builder.build(model, path, GraphRequest(dtype=options.dtype, opset=options.opset))
+            graph = builder.build(model, path, request_of(options, native))
         else:
             export_step(model, path, opset=options.opset, dtype=options.dtype)
             graph = BuiltGraph()
         fields: dict[str, Any] = {"model_file": path.name, "graph_features": graph.as_dict()}
         if options.verify:
             runner = _fresh_runner(make_runner, path, _unquantised(options), graph, model)
-            fields["verify"] = verify_against_eager(runner, model, variant=options.dtype, tolerance=options.tolerance)
-            if options.quantize is None:
+            fields["verify"] = verify_against_eager(runner, model, variant=native or options.dtype,
+                                                    tolerance=options.tolerance, accuracy_level=options.accuracy_level)
+            if options.quantize in (None, "native"):
                 made["runner"] = runner
         return fields
 
-    parts = key_parts(model, options, builder, None)
+    native = "native" if options.quantize == "native" else None
+    parts = key_parts(model, options, builder, native)
     return get_or_build(cache_dir, cache_key(parts), build, describe=parts)
 
 
 def _unquantised(options: OnnxBackendConfig) -> OnnxBackendConfig:
     import dataclasses
 
-    return dataclasses.replace(options, quantize=None)
+    return options if options.quantize == "native" else dataclasses.replace(options, quantize=None)
 
 
 def quantized_entry(model: Model, options: OnnxBackendConfig, builder: OnnxGraphBuilder | None, base: CacheEntry,
@@ -200,7 +226,7 @@ def quantized_entry(model: Model, options: OnnxBackendConfig, builder: OnnxGraph
         path = tmp / "model.onnx"
         graph = graph_of(base)
         try:
-            quantised = quantize_graph(base.model_path, path, options.quantize)
+            quantised = quantize_graph(base.model_path, path, options.quantize, options.accuracy_level)
         except Exception as e:  # the base graph cannot be read: rebuild it (use_entry)
             if not cannot_load(e):
                 raise
@@ -214,7 +240,7 @@ def quantized_entry(model: Model, options: OnnxBackendConfig, builder: OnnxGraph
         if options.verify:
             runner = _fresh_runner(make_runner, path, options, graph, model)
             fields["verify"] = verify_against_eager(runner, model, variant=options.quantize,
-                                                    tolerance=options.tolerance)
+                                                    tolerance=options.tolerance, accuracy_level=options.accuracy_level)
             made["runner"] = runner
         return fields
 

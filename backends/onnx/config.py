@@ -29,9 +29,13 @@ KNOWN_PROVIDERS = (
     "WebGpuExecutionProvider",
 )
 GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
-#: ``None`` keeps fp32/fp16 weights; the others are weight-only block quantisation
-#: (ONNX Runtime's MatMulNBits), see ``quantize.py`` for why and for measured quality.
-QUANTIZE_CHOICES = (None, "int8", "int4")
+#: ``None`` keeps fp32/fp16 weights; ``int8``/``int4`` quantise the fp32 graph block-wise
+#: (ONNX Runtime's MatMulNBits, see ``quantize.py``); ``native`` writes the weights as the
+#: model's file stores them (a GGUF's Q4_0/Q4_1/Q8_0 blocks, see ``plugstack.nbits``), with
+#: no error of its own; ``auto`` is ``native`` where the model's graph builder can, else ``None``.
+QUANTIZE_CHOICES = (None, "int8", "int4", "native", "auto")
+#: ``backend.accuracy_level`` values: ONNX Runtime's MatMulNBits compute modes that matter on CPUs.
+ACCURACY_LEVELS = (0, 4)
 DTYPES = ("fp32", "fp16")
 #: How the step graph is made: ``fused`` (the model plugin's own graph builder, see
 #: ``plugstack.builders``; the Llama plugin's uses ONNX Runtime's fused operators), ``export``
@@ -57,9 +61,13 @@ class OnnxBackendConfig:
     providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
     #: ONNX Runtime graph optimisation level: disable | basic | extended | all.
     graph_optimization: str = "all"
-    #: Weight quantisation of the graph: null (none) | int8 | int4 (block-wise MatMulNBits;
-    #: int4 costs small models much quality).
-    quantize: Optional[str] = None
+    #: Weights of the graph: auto (native where the weights come block-quantised from a GGUF,
+    #: else null) | native (the file's own blocks) | null (fp32) | int8 | int4 (the fp32 graph
+    #: quantised again; int4 costs small models much quality).
+    quantize: Optional[str] = "auto"
+    #: MatMulNBits compute for quantised weights: 4 (int8 activations per block, fastest) | 0
+    #: (fp32 activations: with native weights, the file's arithmetic exactly).
+    accuracy_level: int = 4
     #: Compute dtype of the graph: fp32, or fp16 with the CUDA provider first (graph=export).
     dtype: str = "fp32"
     #: How the graph is made: auto (the model's own builder where it offers one) | fused
@@ -108,7 +116,9 @@ def validate(cfg: OnnxBackendConfig) -> None:
     if cfg.quantize in ("null", "none", "None", ""):
         cfg.quantize = None
     if cfg.quantize not in QUANTIZE_CHOICES:
-        raise _bad("quantize", cfg.quantize, "null, int8, int4")
+        raise _bad("quantize", cfg.quantize, "auto, native, null, int8, int4")
+    if cfg.accuracy_level not in ACCURACY_LEVELS:
+        raise _bad("accuracy_level", cfg.accuracy_level, "4 (int8 activations, fast) or 0 (fp32 activations, exact)")
     if cfg.dtype not in DTYPES:
         raise _bad("dtype", cfg.dtype, ", ".join(DTYPES))
     if cfg.dtype == "fp16" and cfg.providers[0] != "CUDAExecutionProvider":
@@ -118,8 +128,13 @@ def validate(cfg: OnnxBackendConfig) -> None:
             "fp32 (fp16 only with providers=[CUDAExecutionProvider, ...])",
             " ONNX Runtime's CPU kernels for fp16 are slow or missing; use fp32 or quantize=int8 on CPU.",
         )
+    if cfg.quantize == "auto" and cfg.dtype != "fp32":
+        cfg.quantize = None  # native weights compute in fp32: an fp16 graph keeps float weights
     if cfg.quantize is not None and cfg.dtype != "fp32":
         raise _bad("quantize", cfg.quantize, "null with dtype=fp16", " Quantisation starts from an fp32 graph.")
+    if cfg.quantize == "native" and cfg.graph == "export":
+        raise _bad("quantize", cfg.quantize, "null, int8 or int4 with graph=export",
+                   " Native weights are written by the model's own graph builder (backend.graph=auto or fused).")
     if cfg.graph not in GRAPHS:
         raise _bad("graph", cfg.graph, ", ".join(GRAPHS))
     if cfg.graph == "fused" and cfg.dtype != "fp32":

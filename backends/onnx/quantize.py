@@ -27,8 +27,6 @@ log = structlog.get_logger("plugstack.onnx")
 
 BITS = {"int8": 8, "int4": 4}
 BLOCK_SIZE = 32
-#: MatMulNBits compute: 4 = int8 activations per block (fastest on x86 CPUs).
-ACCURACY_LEVEL = 4
 
 
 def gemm_to_matmul(model: onnx.ModelProto) -> int:
@@ -57,7 +55,7 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
     return rewritten
 
 
-def quantize_graph(src: Path, dst: Path, quantize: str) -> int:
+def quantize_graph(src: Path, dst: Path, quantize: str, accuracy_level: int = 4) -> int:
     """Write a ``quantize`` (int8|int4) version of the fp32 graph ``src`` to ``dst``; returns
     how many MatMuls it quantised (0: the graph has none, nothing changed)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -74,7 +72,7 @@ def quantize_graph(src: Path, dst: Path, quantize: str) -> int:
     heads = gemm_to_matmul(model)
     quantizer = MatMulNBitsQuantizer(
         model, bits=bits, block_size=BLOCK_SIZE, is_symmetric=True,
-        accuracy_level=ACCURACY_LEVEL, op_types_to_quantize=("MatMul",),
+        accuracy_level=accuracy_level, op_types_to_quantize=("MatMul",),
     )
     quantizer.process()
     onnx.save(quantizer.model.model, str(dst))

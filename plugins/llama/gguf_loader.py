@@ -20,13 +20,16 @@ import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from plugstack.errors import ModelLoadError
 
 from .checks import broken, check_tensors, shown
+
+if TYPE_CHECKING:
+    from plugstack.nbits import BlockMatrix
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "GGUFContents", "read_gguf", "unpermute_qk"]
 
@@ -95,6 +98,24 @@ class GGUFContents:
                 arr = unpermute_qk(arr, n_kv)
             # F32/F16 come back as views of the read-only memory map: own the memory.
             out[ours] = arr if arr.flags.writeable and arr.flags.c_contiguous else np.array(arr, order="C")
+        return out
+
+
+    def block_matrices(self) -> dict[str, BlockMatrix]:
+        """Every 2-D weight as the file stores it (``plugstack.nbits``), under our names, the
+        q/k rows put back in our order (a row is whole blocks): nothing is dequantised."""
+        from plugstack.nbits import BlockMatrix
+
+        permuted = SUPPORTED_ARCHITECTURES[self.architecture]
+        heads = {"attn_q.weight": self.hparams["num_heads"], "attn_k.weight": self.hparams["num_kv_heads"]}
+        out = {}
+        for name, (_, raw) in self._raw.items():
+            ours, type_name, shape = self.tensors[name]
+            if len(shape) != 2:
+                continue
+            m = BlockMatrix(type_name, raw.reshape(shape[0], -1), shape[1])
+            n_heads = next((n for suffix, n in heads.items() if name.endswith(suffix)), 0)
+            out[ours] = m.take_rows(unpermute_qk(np.arange(shape[0]), n_heads)) if permuted and n_heads else m
         return out
 
 

@@ -52,6 +52,7 @@ def load_path(path: str | Path, *, context_length: int | None = None, name: str 
         module_cfg, tensors, tokenizer, files, extra = _read_hf(path)
     else:
         module_cfg, tensors, tokenizer, files, extra = _read_gguf(path)
+    blocks = extra.pop("blocks", None)  # the file's own blocks, for native quantisation
     t_read = time.perf_counter()
 
     if context_length is not None:
@@ -79,7 +80,8 @@ def load_path(path: str | Path, *, context_length: int | None = None, name: str 
     )  # fmt: skip
     from .model import as_model
 
-    return as_model(module, name=name, tokenizer=tokenizer, weights_digest=digest, source=str(path), info=info)
+    return as_model(module, name=name, tokenizer=tokenizer, weights_digest=digest, source=str(path), info=info,
+                    blocks=blocks)
 
 
 def _combined_digest(files: list[Path]) -> str:
@@ -109,6 +111,7 @@ def _read_gguf(path: Path):
         "architecture": contents.architecture,
         "tensor_types": dict(types),
         "file_name": name if isinstance(name := contents.metadata.get("general.name"), str) else None,
+        "blocks": contents.block_matrices(),
     }
     return module_cfg, tensors, tokenizer, [path], extra
 

@@ -14,6 +14,7 @@ entry per past + new position, 1 = real token) and per-row ``position_ids``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -253,14 +254,15 @@ class InplaceKVStep(nn.Module):
         return (m.lm_head(m.norm(x)).float(),)
 
 
-def as_model(module: Llama, *, name: str, **fields) -> Model:
+def as_model(module: Llama, *, name: str, blocks: Any = None, **fields) -> Model:
     """``module`` as a :class:`plugstack.Model`, with the Llama plugin's builders (its fused
-    ONNX graph and its in-place KV step). ``fields``: the other ``Model`` fields."""
+    ONNX graph and its in-place KV step). ``blocks``: the weights as a GGUF stores them, for
+    native quantisation. ``fields``: the other ``Model`` fields."""
     from .onnx_graph import LlamaOnnxBuilder
 
     return Model(name=name, kind="decoder", module=module, signature=module.signature(),
                  example_inputs=module.example_inputs, context_length=module.cfg.context_length,
-                 builders={"onnx": LlamaOnnxBuilder(), "torch.inplace_kv": inplace_kv_step}, **fields)
+                 builders={"onnx": LlamaOnnxBuilder(blocks), "torch.inplace_kv": inplace_kv_step}, **fields)
 
 
 def inplace_kv_step(model) -> InplaceKVStep:

@@ -23,6 +23,7 @@ rows that already hold a cache (``multi_row_chunks=False``): the runner splits s
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +32,22 @@ import structlog
 
 from plugstack.builders import BuiltGraph, GraphRequest
 from plugstack.model import Model
+from plugstack.nbits import EXACT_TYPES, BlockMatrix, NBits, concat_rows, gather_q8_0, nbits_nodes, nbits_terms, why_not
 
 log = structlog.get_logger("plugstack.onnx")
 
 
 class LlamaOnnxBuilder:
-    """``Model.builders["onnx"]`` of the Llama plugin (an ``OnnxGraphBuilder``)."""
+    """``Model.builders["onnx"]`` of the Llama plugin (an ``OnnxGraphBuilder``).
+
+    ``blocks``: the weights as a GGUF file stores them (``GGUFContents.block_matrices``),
+    which a ``quantize="native"`` request writes as ``MatMulNBits`` (``plugstack.nbits``)."""
 
     #: Bump when the graph this module writes changes: part of the backend's cache key.
-    version = 5
+    version = 7
+
+    def __init__(self, blocks: Mapping[str, BlockMatrix] | None = None) -> None:
+        self.blocks = dict(blocks or {})
 
     def declines(self, model: Model, request: GraphRequest) -> str:
         from .model import Llama
@@ -50,10 +58,18 @@ class LlamaOnnxBuilder:
             return "the model returns logits for every position (all_logits); this graph returns the last"
         if request.dtype != "fp32":
             return f"it writes fp32 graphs, and dtype {request.dtype!r} was asked for"
+        if request.quantize not in (None, "native"):
+            return f"it writes float or native graphs, not quantize={request.quantize!r}"
+        if request.quantize == "native" and not any(b.kind in EXACT_TYPES for b in self.blocks.values()):
+            kinds = sorted({b.kind for b in self.blocks.values()})
+            return ("the weights did not come block-quantised from a GGUF file" if not kinds else
+                    f"no matrix of the file is in a type native quantisation maps ({', '.join(kinds)}; "
+                    f"it maps {', '.join(EXACT_TYPES)})")
         return ""
 
     def build(self, model: Model, path: Path, request: GraphRequest) -> BuiltGraph:
-        build_llama(model, path)
+        native = self.blocks if request.quantize == "native" else None
+        build_llama(model, path, native=native, accuracy_level=request.accuracy_level)
         return BuiltGraph(state_layout="ragged", inplace_state=True, multi_row_chunks=False)
 
 
@@ -61,8 +77,30 @@ def _np(t: Any) -> np.ndarray:
     return t.detach().float().cpu().numpy()
 
 
-def build_llama(model: Model, path: Path) -> float:
-    """Write the fused fp32 step graph of ``model`` to ``path``; returns seconds."""
+def _native_terms(blocks: Mapping[str, BlockMatrix], names: list[str], level: int,
+                  fallbacks: dict[str, str]) -> list[NBits] | None:
+    """The MatMulNBits terms of the matrices ``names`` stacked by rows, or ``None`` (fp32)."""
+    parts = []
+    for n in names:
+        m = blocks.get(n)
+        if m is None or m.kind in ("F32", "F16", "BF16"):
+            return None  # float in the file: a float MatMul is what it means
+        terms = nbits_terms(m, level)
+        if terms is None:
+            fallbacks[n] = why_not(m)
+            return None
+        parts.append(terms)
+    joined = concat_rows(parts)
+    if joined is None:
+        kinds = ", ".join(blocks[n].kind for n in names)
+        fallbacks[", ".join(names)] = f"packed matrices of different forms ({kinds})"
+    return joined
+
+
+def build_llama(model: Model, path: Path, *, native: Mapping[str, BlockMatrix] | None = None,
+                accuracy_level: int = 4) -> float:
+    """Write the fused step graph of ``model`` to ``path``; returns seconds. With ``native``,
+    every matrix the file stores in a type ``plugstack.nbits`` maps becomes MatMulNBits."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -72,6 +110,10 @@ def build_llama(model: Model, path: Path) -> float:
     eps = float(cfg.rms_norm_eps)
     nodes: list[Any] = []
     inits: list[Any] = []
+    blocks = dict(native or {})
+    if native is not None and cfg.tie_embeddings and "embed_tokens.weight" in blocks:
+        blocks["lm_head.weight"] = blocks["embed_tokens.weight"]  # the file stores the tied matrix once
+    fallbacks: dict[str, str] = {}
 
     def init(name: str, array: np.ndarray) -> str:
         # (not np.ascontiguousarray: it turns 0-d scalars into 1-d arrays)
@@ -82,8 +124,16 @@ def build_llama(model: Model, path: Path) -> float:
         nodes.append(helper.make_node(op, inputs, outputs, name=f"{op}_{len(nodes)}", domain=domain, **attrs))
         return outputs
 
-    def linear(x: str, weight: np.ndarray, name: str) -> str:
+    def linear(x: str, params: list[str], name: str, rank: int = 3) -> str:
+        """``x @ Wᵀ`` for the matrices ``params`` stacked by rows (one packed MatMul)."""
+        terms = _native_terms(blocks, params, accuracy_level, fallbacks) if native is not None else None
+        if terms is not None:
+            more_nodes, more_inits, out = nbits_nodes(x, terms, name, rank=rank, accuracy_level=accuracy_level)
+            nodes.extend(more_nodes)
+            inits.extend(more_inits)
+            return out
         # torch Linear stores [out, in]; MatMul wants [in, out] (and MatMulNBits quantises it).
+        weight = np.concatenate([_np(m.get_parameter(p)) for p in params], axis=0)
         return node("MatMul", [x, init(name, weight.T)], [name + ".out"])[0]
 
     # -- shared: rotary tables and sequence lengths ---------------------------------------
@@ -107,7 +157,12 @@ def build_llama(model: Model, path: Path) -> float:
     node("Cast", ["total_len"], ["total_len_i32"], to=TensorProto.INT32)
 
     # -- layers ----------------------------------------------------------------------------
-    node("Gather", [init("embed_tokens.weight", _np(m.embed_tokens.weight)), "input_ids"], ["embeds"], axis=0)
+    lookup = gather_q8_0(blocks["embed_tokens.weight"]) if "embed_tokens.weight" in blocks else None
+    if lookup is not None:  # the file's int8 rows, looked up exactly
+        node("GatherBlockQuantized", [init("embed_tokens.q8", lookup[0]), "input_ids", init("embed_tokens.scales",
+             lookup[1])], ["embeds"], domain="com.microsoft", gather_axis=0, quantize_axis=1, block_size=32, bits=8)
+    else:
+        node("Gather", [init("embed_tokens.weight", _np(m.embed_tokens.weight)), "input_ids"], ["embeds"], axis=0)
     layers = list(m.layers)
     present = {}
     hidden_in = "embeds"
@@ -124,8 +179,7 @@ def build_llama(model: Model, path: Path) -> float:
                 [f"{p}.ln_in", "", "", f"{p}.residual_in"], domain="com.microsoft", epsilon=eps,
             )
         a = layer.self_attn
-        qkv_w = np.concatenate([_np(a.q_proj.weight), _np(a.k_proj.weight), _np(a.v_proj.weight)], axis=0)
-        qkv = linear(h, qkv_w, f"{p}.self_attn.qkv_proj")
+        qkv = linear(h, [f"{p}.self_attn.{x}_proj.weight" for x in "qkv"], f"{p}.self_attn.qkv_proj")
         if a.q_proj.bias is not None:  # Qwen2: q/k/v biases, packed like the weights
             bias = np.concatenate([_np(a.q_proj.bias), _np(a.k_proj.bias), _np(a.v_proj.bias)])
             qkv = node("Add", [qkv, init(f"{p}.self_attn.qkv_bias", bias)], [f"{p}.qkv_biased"])[0]
@@ -141,26 +195,24 @@ def build_llama(model: Model, path: Path) -> float:
             do_rotary=1, rotary_interleaved=0,
         )[0]
         present[i] = (k_out, v_out)
-        o = linear(attn, _np(a.o_proj.weight), f"{p}.self_attn.o_proj")
+        o = linear(attn, [f"{p}.self_attn.o_proj.weight"], f"{p}.self_attn.o_proj")
         post_w = init(f"{p}.post_attention_layernorm.weight", _np(layer.post_attention_layernorm.weight))
         h2, _, _, residual = node(
             "SkipSimplifiedLayerNormalization", [o, residual, post_w],
             [f"{p}.ln_post", "", "", f"{p}.residual_mid"], domain="com.microsoft", epsilon=eps,
         )
-        mlp = layer.mlp
-        gate_up = linear(h2, np.concatenate([_np(mlp.gate_proj.weight), _np(mlp.up_proj.weight)], axis=0),
-                         f"{p}.mlp.gate_up_proj")
+        gate_up = linear(h2, [f"{p}.mlp.gate_proj.weight", f"{p}.mlp.up_proj.weight"], f"{p}.mlp.gate_up_proj")
         gate, up = node("Split", [gate_up], [f"{p}.gate", f"{p}.up"], axis=-1, num_outputs=2)
         sig_g = node("Sigmoid", [gate], [f"{p}.gate_sigmoid"])[0]
         silu = node("Mul", [gate, sig_g], [f"{p}.gate_silu"])[0]
         act = node("Mul", [silu, up], [f"{p}.act"])[0]
-        hidden_in = linear(act, _np(mlp.down_proj.weight), f"{p}.mlp.down_proj")
+        hidden_in = linear(act, [f"{p}.mlp.down_proj.weight"], f"{p}.mlp.down_proj")
 
     norm_w = init("norm.weight", _np(m.norm.weight))
     final, _, _, _ = node("SkipSimplifiedLayerNormalization", [hidden_in, residual, norm_w],
                           ["final_norm", "", "", "final_residual"], domain="com.microsoft", epsilon=eps)
     last = node("Gather", [final, "last_index"], ["last_hidden"], axis=1)[0]  # [B, H]
-    head = linear(last, _np(m.lm_head.weight), "lm_head")
+    head = linear(last, ["lm_head.weight"], "lm_head", rank=2)
     node("Identity", [head], ["logits"])
 
     # -- graph inputs/outputs follow the signature ---------------------------------------------
@@ -182,6 +234,10 @@ def build_llama(model: Model, path: Path) -> float:
     proto.ir_version = 10
     onnx.save(proto, str(path))
     seconds = time.perf_counter() - start
+    if fallbacks:
+        log.warning("onnx.native.fallback", model=model.name, matrices=len(fallbacks),
+                    first=next(iter(fallbacks.items())), hint="these stay fp32 (exact, slower)")
     log.info("onnx.fused.done", model=model.name, layers=len(layers), seconds=round(seconds, 2),
+             native=native is not None, accuracy_level=accuracy_level if native is not None else None,
              bytes=path.stat().st_size, path=str(path))
     return seconds

@@ -1,0 +1,202 @@
+"""Block-quantised matrices from a GGUF file, as ONNX Runtime's ``MatMulNBits`` takes them.
+
+A graph builder that has a model's weights as a file stores them (``BlockMatrix``: the
+ggml type and the raw blocks) asks :func:`nbits_terms` for the ``MatMulNBits`` weights that
+compute exactly what the file means, without dequantising and quantising again. What each
+type becomes, and why (measured on this machine with ONNX Runtime 1.32's CPU kernels):
+
+``Q4_0`` (``w = d·(q-8)``)
+    4 bits, scale ``d``, ORT's default zero point 8: the same numbers.
+``Q4_1`` (``w = d·q + m``)
+    4 bits, scale ``d``, zero point 0, plus a block-sum term ``y += blocksum(x)·mᵀ``:
+    float zero points would be exact too, but ORT runs them hundreds of times slower. At
+    ``accuracy_level=4`` the zero point stays 8 and the term adds ``m + 8d``: weights centred
+    on 0 keep the int8 activations' rounding errors from adding up (half the error).
+``Q8_0`` (``w = d·q``, q int8)
+    ``accuracy_level=4``: 8 bits, ``q+128`` with the default zero point 128.
+    ``accuracy_level=0``: ORT has no fast fp32 kernel for 8 bits (tens of times slower), so
+    ``q = 16·h + l`` is split into two exact 4-bit terms, ``(16d)·h + d·l``, summed.
+
+Every other type returns ``None`` with the reason (:func:`why_not`), and the builder keeps
+that matrix in fp32, dequantised (``dequantize``): exact, only slower.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["BLOCK", "EXACT_TYPES", "BlockMatrix", "NBits", "concat_rows", "dequantize", "gather_q8_0", "nbits_nodes",
+           "nbits_terms", "why_not"]
+
+#: Elements per block of every type mapped here (ggml's QK4_0 = QK4_1 = QK8_0 = 32).
+BLOCK = 32
+#: ggml types :func:`nbits_terms` maps exactly -> bytes per block.
+EXACT_TYPES = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}
+
+
+@dataclass(frozen=True)
+class BlockMatrix:
+    """A ``[rows, cols]`` weight as a GGUF file stores it (rows are output features)."""
+
+    #: ggml type name (``"Q4_1"``, ``"F16"``, ...).
+    kind: str
+    #: uint8 ``[rows, row_bytes]``: each row's blocks, as in the file.
+    raw: np.ndarray
+    #: Elements per row.
+    cols: int
+
+    @property
+    def rows(self) -> int:
+        return int(self.raw.shape[0])
+
+    def take_rows(self, order: np.ndarray) -> BlockMatrix:
+        """The same matrix with its rows reordered (a row is whole blocks)."""
+        return BlockMatrix(self.kind, self.raw[order], self.cols)
+
+
+@dataclass(frozen=True)
+class NBits:
+    """One ``MatMulNBits`` weight ``[N, K]`` and what it needs beside the node."""
+
+    bits: int
+    #: uint8 ``[N, K/32, 32·bits/8]``: the node's ``B``.
+    b: np.ndarray
+    #: float32 ``[N, K/32]``: one scale per block.
+    scales: np.ndarray
+    #: uint8 ``[N, zp_bytes]`` packed zero points, or ``None`` for ORT's default ``2**(bits-1)``.
+    zero_points: np.ndarray | None = None
+    #: float32 ``[N, K/32]`` added per block (``y += blocksum(x)·minsᵀ``), or ``None``.
+    mins: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return int(self.b.shape[0])
+
+    @property
+    def k(self) -> int:
+        return int(self.b.shape[1]) * BLOCK
+
+
+def why_not(m: BlockMatrix) -> str:
+    """Why :func:`nbits_terms` cannot map ``m`` exactly; ``""`` when it can."""
+    if m.kind not in EXACT_TYPES:
+        return f"{m.kind} has no exact MatMulNBits form (exact: {', '.join(EXACT_TYPES)})"
+    if m.cols % BLOCK or m.raw.shape[1] != m.cols // BLOCK * EXACT_TYPES[m.kind]:
+        return f"a {m.kind} row of {m.cols} elements is not {m.cols // BLOCK} blocks of {EXACT_TYPES[m.kind]} bytes"
+    return ""
+
+
+def nbits_terms(m: BlockMatrix, accuracy_level: int) -> list[NBits] | None:
+    """``MatMulNBits`` weights whose outputs sum to ``x·Wᵀ`` exactly as the file means ``W``;
+    ``None`` when the type cannot map (see :func:`why_not`)."""
+    if why_not(m):
+        return None
+    blocks = m.raw.reshape(m.rows, m.cols // BLOCK, EXACT_TYPES[m.kind])  # [N, K/32, bytes]
+    d = _f16(blocks, 0)
+    if m.kind == "Q4_0":
+        return [NBits(4, _pack4(_nibbles(blocks[..., 2:])), d)]
+    if m.kind == "Q4_1":
+        q, mins = _pack4(_nibbles(blocks[..., 4:])), _f16(blocks, 2)
+        if accuracy_level == 0:
+            return [NBits(4, q, d, _zero_points(m.rows, d.shape[1], 0), mins)]
+        # int8 activations: centred weights d·(q-8) keep their rounding errors from adding up
+        return [NBits(4, q, d, None, mins + 8 * d)]
+    q = blocks[..., 2:].view(np.int8).astype(np.int16)  # [N, K/32, 32] in -128..127
+    if accuracy_level != 0:
+        return [NBits(8, (q + 128).astype(np.uint8), d)]
+    high, low = q >> 4, q & 0x0F  # q = 16·high + low, high in -8..7, low in 0..15
+    return [NBits(4, _pack4((high + 8).astype(np.uint8)), d * 16),
+            NBits(4, _pack4(low.astype(np.uint8)), d, _zero_points(m.rows, d.shape[1], 0))]
+
+
+def concat_rows(parts: list[list[NBits]]) -> list[NBits] | None:
+    """Terms of matrices stacked along N (a packed QKV), or ``None`` when their forms differ."""
+    if len({len(p) for p in parts}) != 1 or any(len({p[i].bits for p in parts}) != 1 for i in range(len(parts[0]))):
+        return None
+    out = []
+    for terms in zip(*parts, strict=True):
+        zps = [t.zero_points if t.zero_points is not None
+               else _zero_points(t.n, t.scales.shape[1], 2 ** (t.bits - 1), bits=t.bits) for t in terms]
+        has_zp = any(t.zero_points is not None for t in terms)
+        has_mins = any(t.mins is not None for t in terms)
+        out.append(NBits(
+            terms[0].bits, np.concatenate([t.b for t in terms]), np.concatenate([t.scales for t in terms]),
+            np.concatenate(zps) if has_zp else None,
+            np.concatenate([t.mins if t.mins is not None else np.zeros_like(t.scales) for t in terms])
+            if has_mins else None,
+        ))
+    return out
+
+
+def nbits_nodes(x: str, terms: list[NBits], name: str, *, rank: int, accuracy_level: int) -> tuple[list, list, str]:
+    """ONNX nodes computing ``x·Wᵀ`` from ``terms`` (``x``: float ``[..., K]`` of ``rank``
+    dimensions): ``(nodes, initializers, output name)``, for a builder to add to its graph."""
+    from onnx import helper, numpy_helper
+
+    nodes, inits, outs = [], [], []
+    for i, t in enumerate(terms):
+        p = f"{name}.nbits{i}"
+        inputs = [x, p + ".B", p + ".scales"]
+        inits += [numpy_helper.from_array(t.b, inputs[1]), numpy_helper.from_array(t.scales.reshape(-1), inputs[2])]
+        if t.zero_points is not None:
+            inits.append(numpy_helper.from_array(t.zero_points.reshape(-1), p + ".zero_points"))
+            inputs.append(p + ".zero_points")
+        nodes.append(helper.make_node("MatMulNBits", inputs, [p + ".out"], name=p, domain="com.microsoft", K=t.k,
+                                      N=t.n, bits=t.bits, block_size=BLOCK, accuracy_level=accuracy_level))
+        outs.append(p + ".out")
+        if t.mins is not None:  # y += blocksum(x) · minsᵀ
+            inits += [numpy_helper.from_array(np.array([0] * (rank - 1) + [t.k // BLOCK, BLOCK], np.int64), p + ".blk"),
+                      numpy_helper.from_array(np.array([-1], np.int64), p + ".last"),
+                      numpy_helper.from_array(np.ascontiguousarray(t.mins.T), p + ".mins")]
+            nodes += [helper.make_node("Reshape", [x, p + ".blk"], [p + ".blocks"], name=p + ".r"),  # [.., K/32, 32]
+                      helper.make_node("ReduceSum", [p + ".blocks", p + ".last"], [p + ".sums"], name=p + ".sum",
+                                       keepdims=0),  # [..., K/32]
+                      helper.make_node("MatMul", [p + ".sums", p + ".mins"], [p + ".min_out"], name=p + ".min")]
+            outs.append(p + ".min_out")
+    while len(outs) > 1:
+        out = f"{name}.sum{len(outs)}"
+        nodes.append(helper.make_node("Add", outs[-2:], [out], name=out))
+        outs[-2:] = [out]
+    return nodes, inits, outs[0]
+
+
+def gather_q8_0(m: BlockMatrix) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(data, scales)`` for ``GatherBlockQuantized`` (8 bits, default zero point 128, blocks
+    of 32 along axis 1) looking rows of a Q8_0 matrix up exactly; ``None`` for other types."""
+    if m.kind != "Q8_0" or why_not(m):
+        return None
+    blocks = m.raw.reshape(m.rows, m.cols // BLOCK, EXACT_TYPES["Q8_0"])
+    data = (blocks[..., 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint8).reshape(m.rows, m.cols)
+    return data, _f16(blocks, 0)
+
+
+def dequantize(m: BlockMatrix) -> np.ndarray:
+    """``m`` as float32 ``[rows, cols]`` (every type the gguf package decodes)."""
+    import gguf
+
+    return np.asarray(gguf.quants.dequantize(m.raw, gguf.GGMLQuantizationType[m.kind]), np.float32).reshape(
+        m.rows, m.cols)
+
+
+def _f16(blocks: np.ndarray, start: int) -> np.ndarray:
+    """The fp16 at byte ``start`` of every block, as float32 ``[N, K/32]``."""
+    return np.ascontiguousarray(blocks[..., start : start + 2]).view(np.float16)[..., 0].astype(np.float32)
+
+
+def _nibbles(qs: np.ndarray) -> np.ndarray:
+    """ggml's 16 bytes of a 4-bit block -> its 32 values (low nibbles first, then high)."""
+    return np.concatenate((qs & 0x0F, qs >> 4), axis=-1)  # [N, K/32, 32]
+
+
+def _pack4(q: np.ndarray) -> np.ndarray:
+    """32 values in 0..15 per block -> MatMulNBits' 16 bytes (element 2i low, 2i+1 high)."""
+    return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+
+
+def _zero_points(rows: int, blocks: int, value: int, *, bits: int = 4) -> np.ndarray:
+    """Packed zero points all equal to ``value``: ``[rows, ceil(blocks·bits/8)]`` uint8."""
+    if bits == 8:
+        return np.full((rows, blocks), value, np.uint8)
+    return np.full((rows, (blocks + 1) // 2), value | value << 4, np.uint8)
