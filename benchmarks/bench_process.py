@@ -8,8 +8,8 @@ memory (``ru_maxrss`` from ``os.wait4``). Rows, alternating so machine noise hit
 - plugstack, cold: the same with an empty graph cache (the weights already fetched), i.e. the
   first run after the download: graph build and verification included;
 - llama.cpp: llama-cpp-python (``llama_cpp``) answering the same chat in a fresh Python, or a
-  llama.cpp binary given with ``--llama-bin`` (``llama-simple``/``llama-cli``; see
-  benchmarks/README.md for building one), when the package is not installed.
+  llama.cpp's ``llama-simple`` given with ``--llama-bin`` (see benchmarks/README.md for
+  building it), when the package is not installed.
 
     .venv/bin/python benchmarks/bench_process.py [--repeats 5] [--llama-bin PATH]
 """
@@ -53,8 +53,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--prompt", default=PROMPT)
-    p.add_argument("--llama-bin", default=os.environ.get("LLAMA_BIN"), help="a llama.cpp binary (llama-simple, "
-                   "llama-cli) used when llama-cpp-python is not installed")
+    p.add_argument("--llama-bin", default=os.environ.get("LLAMA_BIN"), help="llama.cpp's llama-simple binary, used "
+                   "when llama-cpp-python is not installed")
     args = p.parse_args()
 
     from plugstack.plugins.llama.weights import known_path
@@ -71,7 +71,7 @@ def main() -> None:
     if importlib.util.find_spec("llama_cpp") is not None:
         peer, peer_name = [sys.executable, "-c", LLAMA_CPP_PY, str(gguf), args.prompt], "llama-cpp-python"
     elif args.llama_bin:
-        peer = [args.llama_bin, "-m", str(gguf), "-p", args.prompt, "-n", "64", "-t", "2", "--temp", "0"]
+        peer = [args.llama_bin, "-m", str(gguf), "-n", "64", args.prompt]  # llama-simple: greedy, all cores
         peer_name = Path(args.llama_bin).name
     rows: dict[str, list[tuple[float, float, str]]] = {"plugstack (warm cache)": [], "plugstack (cold cache)": []}
     if peer:

@@ -44,13 +44,17 @@ class Model:
     ``module.forward(*inputs)`` follows ``signature``; backends may run it eagerly, export
     it or compile it. ``example_inputs`` builds valid inputs for tracing/export (with every
     symbolic dimension >= 2 so exporters do not specialise them).
+
+    ``module`` may be given as ``None`` with ``make_module``: it is then built on first use
+    (``model.module``), so a backend that never needs it (a cached graph with the weights
+    in it) never pays for it; :attr:`module_built` says whether it has been.
     """
 
     name: str
     #: ``"decoder"``, ``"denoiser"``, ... for applications and listings (backends never
     #: branch on it: they read the signature).
     kind: str
-    module: torch.nn.Module
+    module: torch.nn.Module | None
     signature: StepSignature
     example_inputs: Callable[..., tuple[torch.Tensor, ...]]
     tokenizer: Tokenizer | None = None
@@ -66,8 +70,14 @@ class Model:
     #: Model-owned implementations of the step for particular backends, by the key each
     #: backend documents (``"onnx"``, ``"torch.inplace_kv"``): see ``plugstack.builders``.
     builders: dict[str, Any] = field(default_factory=dict)
+    #: Builds ``module`` when it was given as ``None`` (called once, on first use).
+    make_module: Callable[[], torch.nn.Module] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.module is None:
+            if self.make_module is None:
+                raise ModelLoadError(f"model {self.name!r} has no module and no make_module to build one.")
+            del self.module  # built by __getattr__ on first use
         declared = self.signature.meta.get("context_length")
         if self.context_length is None:
             self.context_length = int(declared) if declared else None
@@ -76,3 +86,15 @@ class Model:
         elif int(declared) != self.context_length:
             raise ModelLoadError(f"model {self.name!r} says context_length={self.context_length} but its "
                                  f"signature's meta says {declared}: give one value.")
+
+    def __getattr__(self, name: str) -> Any:  # only reached for what the instance lacks
+        make = self.__dict__.get("make_module")
+        if name != "module" or make is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        self.module = make()
+        return self.module
+
+    @property
+    def module_built(self) -> bool:
+        """Is ``module`` in memory (given, or built since)?"""
+        return "module" in self.__dict__

@@ -5,14 +5,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+step() { echo "setup.sh: $*" >&2; }
+[ -x .venv/bin/python ] || { step "creating .venv"; "$PYTHON" -m venv .venv; }
 # torch first and pinned: an unpinned torch lets pip pick a multi-GB CUDA build.
+step "installing torch 2.13.0 (CPU)"
 .venv/bin/python -m pip install -q torch==2.13.0
 if [ "${1:-}" = "--test" ]; then
+  step "installing plugstack, the test tools (transformers, pytest, playwright, ...) and the example plugin"
   .venv/bin/python -m pip install -q -e ".[test]" -e ./examples/plugstack-example
   # The web page's browser test drives Debian's Chromium through Playwright (no browser downloads).
   if ! command -v chromium >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      step "installing Debian's chromium for the browser test"
       { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
         || echo "setup.sh: could not install chromium; the browser test will fail until it is" >&2
     else
@@ -20,5 +24,7 @@ if [ "${1:-}" = "--test" ]; then
     fi
   fi
 else
+  step "installing plugstack (onnxruntime, hydra, tokenizers, ...)"
   .venv/bin/python -m pip install -q -e .
 fi
+step "done: .venv/bin/plugstack is ready"

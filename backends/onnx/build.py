@@ -27,6 +27,8 @@ log = structlog.get_logger("plugstack.onnx")
 
 #: ``Model.builders`` key this backend asks for.
 BUILDER_KEY = "onnx"
+#: Bump when what ``export.py`` writes changes: part of the cache key of exported graphs.
+EXPORT_FORMAT_VERSION = 1
 
 
 def choose_builder(model: Model, options: OnnxBackendConfig) -> tuple[OnnxGraphBuilder | None, str | None]:
@@ -80,14 +82,9 @@ def _name(builder: Any) -> str:
 
 def key_parts(model: Model, options: OnnxBackendConfig, builder: OnnxGraphBuilder | None,
               quantize: str | None) -> dict[str, Any]:
-    """Everything a cached graph depends on (hashed into its cache key)."""
-    import onnx
-    import onnxruntime
-    import torch
-
+    """Everything a cached graph depends on (hashed into its cache key). Library versions come
+    from package metadata: a cache hit imports neither torch nor onnx."""
     from plugstack.files import module_digest
-
-    from .export import EXPORT_FORMAT_VERSION
 
     return {
         "graph": _name(builder) if builder is not None else "export",
@@ -99,9 +96,9 @@ def key_parts(model: Model, options: OnnxBackendConfig, builder: OnnxGraphBuilde
         "quantize": quantize,
         "accuracy_level": options.accuracy_level if quantize else None,
         "opset": options.opset,
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
+        "torch": _version("torch"),
+        "onnx": _version("onnx"),
+        "onnxruntime": _version("onnxruntime"),
         "onnxscript": _version("onnxscript"),
     }
 
@@ -186,10 +183,10 @@ def base_entry(model: Model, options: OnnxBackendConfig, builder: OnnxGraphBuild
     """The graph the builder or the export writes (fp32, fp16 or native weights), built (and
     verified) on a miss. A runner made while verifying is left in ``made["runner"]`` when no
     quantisation follows."""
-    from .export import export_step
-    from .verify import verify_against_eager
+    def build(tmp: Path) -> dict[str, Any]:  # torch is imported here, on a miss only
+        from .export import export_step
+        from .verify import verify_against_eager
 
-    def build(tmp: Path) -> dict[str, Any]:
         path = tmp / "model.onnx"
         if builder is not None:
             graph = builder.build(model, path, request_of(options, native))
@@ -219,10 +216,10 @@ def _unquantised(options: OnnxBackendConfig) -> OnnxBackendConfig:
 def quantized_entry(model: Model, options: OnnxBackendConfig, builder: OnnxGraphBuilder | None, base: CacheEntry,
                     cache_dir: Path, make_runner: MakeRunner, made: dict[str, Any]) -> CacheEntry:
     """The ``backend.quantize`` version of ``base``, built (and verified) on a miss."""
-    from .quantize import quantize_graph
-    from .verify import verify_against_eager
-
     def build(tmp: Path) -> dict[str, Any]:
+        from .quantize import quantize_graph
+        from .verify import verify_against_eager
+
         path = tmp / "model.onnx"
         graph = graph_of(base)
         try:

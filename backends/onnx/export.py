@@ -26,9 +26,6 @@ from plugstack.signature import StepSignature
 
 log = structlog.get_logger("plugstack.onnx")
 
-#: Bump when the layout of exported artefacts changes: it is part of the cache key.
-EXPORT_FORMAT_VERSION = 1
-
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 

@@ -73,25 +73,12 @@ class GGUFContents:
 
     def load_state_dict(self) -> dict[str, np.ndarray]:
         """Dequantise every tensor to fp32 numpy arrays under our parameter names."""
-        import gguf
-
         permuted = SUPPORTED_ARCHITECTURES[self.architecture]
         n_heads, n_kv = self.hparams["num_heads"], self.hparams["num_kv_heads"]
         out: dict[str, np.ndarray] = {}
         for name, (qtype, raw) in self._raw.items():
-            ours, type_name, shape = self.tensors[name]
-            try:
-                fast = _FAST_DEQUANT.get(type_name)
-                arr = fast(raw, shape) if fast else gguf.quants.dequantize(raw, qtype)
-            except NotImplementedError:
-                raise ModelLoadError(
-                    f"{self.path}: tensor {name!r} is stored as {type_name}, which this version of "
-                    f"the gguf package cannot dequantise. Re-quantise the model to a common type "
-                    f"(F16, Q8_0, Q4_K_M, ...) or upgrade the gguf package."
-                ) from None
-            except (ValueError, IndexError) as e:  # a block that does not fit its type
-                raise broken(f"tensor {name!r} ({type_name}) cannot be decoded ({e})", self.path) from None
-            arr = np.asarray(arr, dtype=np.float32).reshape(shape)
+            ours, _, shape = self.tensors[name]
+            arr = self._decode(name, qtype, raw, shape)
             if permuted and name.endswith(("attn_q.weight", "attn_q.bias")):
                 arr = unpermute_qk(arr, n_heads)
             elif permuted and name.endswith(("attn_k.weight", "attn_k.bias")):
@@ -100,6 +87,32 @@ class GGUFContents:
             out[ours] = arr if arr.flags.writeable and arr.flags.c_contiguous else np.array(arr, order="C")
         return out
 
+    def check_decodable(self) -> None:
+        """Decode the first row of one tensor of each type: a type this gguf package cannot
+        dequantise is refused when the file is read, not when the weights are first needed."""
+        seen = set()
+        for name, (qtype, raw) in self._raw.items():
+            if qtype not in seen:
+                seen.add(qtype)
+                shape = self.tensors[name][2]
+                self._decode(name, qtype, raw.reshape(-1, raw.shape[-1])[:1], (1, shape[-1]))
+
+    def _decode(self, name: str, qtype: Any, raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        import gguf
+
+        type_name = self.tensors[name][1]
+        try:
+            fast = _FAST_DEQUANT.get(type_name)
+            arr = fast(raw, shape) if fast else gguf.quants.dequantize(raw, qtype)
+        except NotImplementedError:
+            raise ModelLoadError(
+                f"{self.path}: tensor {name!r} is stored as {type_name}, which this version of "
+                f"the gguf package cannot dequantise. Re-quantise the model to a common type "
+                f"(F16, Q8_0, Q4_K_M, ...) or upgrade the gguf package."
+            ) from None
+        except (ValueError, IndexError) as e:  # a block that does not fit its type
+            raise broken(f"tensor {name!r} ({type_name}) cannot be decoded ({e})", self.path) from None
+        return np.asarray(arr, dtype=np.float32).reshape(shape)
 
     def block_matrices(self) -> dict[str, BlockMatrix]:
         """Every 2-D weight as the file stores it (``plugstack.nbits``), under our names, the
@@ -200,6 +213,7 @@ def read_gguf(path: str | Path) -> GGUFContents:
             raise broken(f"tensor {name!r} ends at byte {start + nbytes} but the file has only {len(mm)} "
                          f"bytes (truncated)", path)  # fmt: skip
         contents._raw[name] = (qtype, np.frombuffer(mm, dtype=np.uint8, count=nbytes, offset=start).reshape(raw_shape))
+    contents.check_decodable()
     return contents
 
 

@@ -7,6 +7,7 @@ module, and hands back a :class:`plugstack.Model` (fp32, eval mode) with its tok
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import Counter
@@ -43,45 +44,47 @@ def load(cfg: Any) -> Model:
 
 
 def load_path(path: str | Path, *, context_length: int | None = None, name: str = "llama") -> Model:
-    """Load a ``.gguf`` file or a Hugging Face model directory."""
+    """Load a ``.gguf`` file or a Hugging Face model directory. Everything is read and
+    checked now; the fp32 module is built on first use of ``model.module`` (a run from a
+    cached graph never builds it)."""
     t0 = time.perf_counter()
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"Model path {path} does not exist. Check model.path (a .gguf file or a model directory).")
     if path.is_dir():
-        module_cfg, tensors, tokenizer, files, extra = _read_hf(path)
+        module_cfg, read_tensors, shapes, tokenizer, files, extra = _read_hf(path)
     else:
-        module_cfg, tensors, tokenizer, files, extra = _read_gguf(path)
+        module_cfg, read_tensors, shapes, tokenizer, files, extra = _read_gguf(path)
     blocks = extra.pop("blocks", None)  # the file's own blocks, for native quantisation
-    t_read = time.perf_counter()
 
     if context_length is not None:
         if context_length < 1:
             raise ModelLoadError(f"model.context_length must be positive, got {context_length}.")
         module_cfg.context_length = min(module_cfg.context_length, int(context_length))
-    module = _build_module(module_cfg, tensors, path)
-    t_build = time.perf_counter()
+
+    def make_module():
+        t = time.perf_counter()
+        module = _build_module(module_cfg, read_tensors(), path)
+        log.info("model.module.built", path=str(path), seconds=round(time.perf_counter() - t, 2))
+        return module
 
     digest = sha256_of(files[0]) if len(files) == 1 else _combined_digest(files)
-    from .model import param_count
-
     seconds = time.perf_counter() - t0
+    tied = module_cfg.tie_embeddings
     info = {
         "hparams": module_cfg.to_dict(),
-        "params": param_count(module),
+        "params": sum(math.prod(s) for n, s in shapes.items() if not (tied and n == "lm_head.weight")),
         "load_seconds": round(seconds, 3),
-        "read_seconds": round(t_read - t0, 3),
         **extra,
     }
     log.info(
         "model.load.done", path=str(path), seconds=round(seconds, 2), params=info["params"],
         layers=module_cfg.num_layers, vocab=module_cfg.vocab_size, tensor_types=extra.get("tensor_types"),
-        build_seconds=round(t_build - t_read, 2),
     )  # fmt: skip
-    from .model import as_model
+    from .hparams import llama_model
 
-    return as_model(module, name=name, tokenizer=tokenizer, weights_digest=digest, source=str(path), info=info,
-                    blocks=blocks)
+    return llama_model(module_cfg, name=name, make_module=make_module, blocks=blocks, tokenizer=tokenizer,
+                       weights_digest=digest, source=str(path), info=info)
 
 
 def _combined_digest(files: list[Path]) -> str:
@@ -94,17 +97,19 @@ def _combined_digest(files: list[Path]) -> str:
 
 
 def _read_gguf(path: Path):
-    import torch
-
     from .gguf_loader import read_gguf
-    from .model import LlamaConfig
+    from .hparams import LlamaConfig
     from .tokenizer import from_gguf_metadata
 
     contents = read_gguf(path)
     module_cfg = LlamaConfig(**contents.hparams)
     tokenizer = from_gguf_metadata(contents.tokenizer, source=str(path))
-    arrays = contents.load_state_dict()
-    tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
+
+    def read_tensors() -> dict[str, Any]:
+        import torch
+
+        return {k: torch.from_numpy(v) for k, v in contents.load_state_dict().items()}
+
     types = Counter(t for _, t, _ in contents.tensors.values())
     extra = {
         "format": "gguf",
@@ -113,13 +118,14 @@ def _read_gguf(path: Path):
         "file_name": name if isinstance(name := contents.metadata.get("general.name"), str) else None,
         "blocks": contents.block_matrices(),
     }
-    return module_cfg, tensors, tokenizer, [path], extra
+    shapes = {ours: shape for ours, _, shape in contents.tensors.values()}
+    return module_cfg, read_tensors, shapes, tokenizer, [path], extra
 
 
 def _read_hf(path: Path):
     from .checks import check_tensors
     from .hf_loader import HF_KEYS, load_hf_state_dict, read_hf_config, tensor_shapes, weight_files
-    from .model import LlamaConfig
+    from .hparams import LlamaConfig
     from .tokenizer import from_hf_dir
 
     raw, hparams = read_hf_config(path)
@@ -128,9 +134,8 @@ def _read_hf(path: Path):
     check_tensors(hparams, shapes, HF_KEYS, path, spell=_hf_name)  # before reading any tensor
     tokenizer = from_hf_dir(path, raw, vocab_size=hparams["vocab_size"])
     module_cfg = LlamaConfig(**hparams)
-    tensors, _ = load_hf_state_dict(files)
     extra = {"format": "safetensors", "architecture": raw.get("model_type"), "tensor_types": dtypes}
-    return module_cfg, tensors, tokenizer, files, extra
+    return module_cfg, lambda: load_hf_state_dict(files)[0], shapes, tokenizer, files, extra
 
 
 def _hf_name(ours: str) -> str:

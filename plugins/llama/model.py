@@ -13,7 +13,6 @@ entry per past + new position, 1 = real token) and per-row ``position_ids``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -21,35 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from plugstack.model import Model
-from plugstack.signature import FLOAT, StepSignature, TensorSpec
+from plugstack.signature import StepSignature
 
+from .hparams import LlamaConfig, inplace_kv_step, llama_model, llama_signature
 
-@dataclass
-class LlamaConfig:
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int | None = None
-    rope_theta: float = 10000.0
-    rms_norm_eps: float = 1e-5
-    context_length: int = 2048
-    tie_embeddings: bool = True
-    #: Bias on the q/k/v projections (Qwen2); Llama has none.
-    qkv_bias: bool = False
-
-    def __post_init__(self) -> None:
-        if self.head_dim is None:
-            self.head_dim = self.hidden_size // self.num_heads
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(
-                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
-            )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["Llama", "LlamaConfig", "as_model", "init_weights", "inplace_kv_step", "param_count"]
 
 
 class RMSNorm(nn.Module):
@@ -196,24 +171,7 @@ class Llama(nn.Module):
     # -- the contract with backends -------------------------------------------------
 
     def signature(self) -> StepSignature:
-        c = self.cfg
-        kv = (c.num_kv_heads, c.head_dim)
-        inputs = [
-            TensorSpec("input_ids", "int64", ("batch", "seq")),
-            TensorSpec("position_ids", "int64", ("batch", "seq")),
-            TensorSpec("attention_mask", "int64", ("batch", "total")),
-        ]
-        logits_shape = ("batch", "seq", c.vocab_size) if self.all_logits else ("batch", c.vocab_size)
-        outputs = [TensorSpec("logits", "float32", logits_shape)]
-        state = []
-        for i in range(c.num_layers):
-            for part in ("key", "value"):
-                inputs.append(TensorSpec(f"past.{i}.{part}", FLOAT, ("batch", kv[0], "past", kv[1])))
-                outputs.append(TensorSpec(f"present.{i}.{part}", FLOAT, ("batch", kv[0], "total", kv[1])))
-                state.append((f"past.{i}.{part}", f"present.{i}.{part}"))
-        meta = {"vocab_size": c.vocab_size, "context_length": c.context_length}
-        return StepSignature(tuple(inputs), tuple(outputs), tuple(state), state_axis="past", new_axis="seq",
-                             mask="attention_mask", positions="position_ids", meta=meta)
+        return llama_signature(self.cfg, all_logits=self.all_logits)
 
     def example_inputs(self, batch: int = 2, seq: int = 3, past: int = 2) -> tuple[torch.Tensor, ...]:
         """Valid inputs with every dynamic dim >= 2 (exporters specialise 0 and 1)."""
@@ -255,19 +213,8 @@ class InplaceKVStep(nn.Module):
 
 
 def as_model(module: Llama, *, name: str, blocks: Any = None, **fields) -> Model:
-    """``module`` as a :class:`plugstack.Model`, with the Llama plugin's builders (its fused
-    ONNX graph and its in-place KV step). ``blocks``: the weights as a GGUF stores them, for
-    native quantisation. ``fields``: the other ``Model`` fields."""
-    from .onnx_graph import LlamaOnnxBuilder
-
-    return Model(name=name, kind="decoder", module=module, signature=module.signature(),
-                 example_inputs=module.example_inputs, context_length=module.cfg.context_length,
-                 builders={"onnx": LlamaOnnxBuilder(blocks), "torch.inplace_kv": inplace_kv_step}, **fields)
-
-
-def inplace_kv_step(model) -> InplaceKVStep:
-    """``Model.builders["torch.inplace_kv"]``: the in-place step over the model's own module."""
-    return InplaceKVStep(model.module)
+    """``module`` as a :class:`plugstack.Model` (see :func:`~.hparams.llama_model`)."""
+    return llama_model(module.cfg, name=name, module=module, blocks=blocks, **fields)
 
 
 def causal_mask(attention_mask: torch.Tensor, new_tokens: int) -> torch.Tensor:

@@ -34,6 +34,8 @@ from plugstack.builders import BuiltGraph, GraphRequest
 from plugstack.model import Model
 from plugstack.nbits import EXACT_TYPES, BlockMatrix, NBits, concat_rows, gather_q8_0, nbits_nodes, nbits_terms, why_not
 
+from .hparams import LlamaConfig
+
 log = structlog.get_logger("plugstack.onnx")
 
 
@@ -46,16 +48,21 @@ class LlamaOnnxBuilder:
     #: Bump when the graph this module writes changes: part of the backend's cache key.
     version = 7
 
-    def __init__(self, blocks: Mapping[str, BlockMatrix] | None = None) -> None:
+    def __init__(self, blocks: Mapping[str, BlockMatrix] | None = None, *, cfg: LlamaConfig | None = None) -> None:
         self.blocks = dict(blocks or {})
+        #: The hyper-parameters of the Llama this builder was made for (its module may not be built yet).
+        self.cfg = cfg
 
     def declines(self, model: Model, request: GraphRequest) -> str:
-        from .model import Llama
+        if model.module_built:  # else the plugin made this builder for the module it will build
+            from .model import Llama
 
-        if not isinstance(model.module, Llama):
-            return f"the module is a {type(model.module).__name__}, not the Llama plugin's Llama"
-        if model.module.all_logits:
-            return "the model returns logits for every position (all_logits); this graph returns the last"
+            if not isinstance(model.module, Llama):
+                return f"the module is a {type(model.module).__name__}, not the Llama plugin's Llama"
+            if model.module.all_logits:
+                return "the model returns logits for every position (all_logits); this graph returns the last"
+        elif self.cfg is None:
+            return "the module is not built and this builder was not made for it (pass cfg=)"
         if request.dtype != "fp32":
             return f"it writes fp32 graphs, and dtype {request.dtype!r} was asked for"
         if request.quantize not in (None, "native"):
