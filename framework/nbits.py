@@ -12,6 +12,8 @@ type becomes, and why (measured on this machine with ONNX Runtime 1.32's CPU ker
     float zero points would be exact too, but ORT runs them hundreds of times slower. At
     ``accuracy_level=4`` the zero point stays 8 and the term adds ``m + 8d``: weights centred
     on 0 keep the int8 activations' rounding errors from adding up (half the error).
+``Q4_K`` (super-blocks of 256: ``w = (d·sc_j)·q - dmin·m_j`` per sub-block ``j`` of 32)
+    As Q4_1, with the sub-block's scale ``d·sc_j`` and min ``-dmin·m_j`` (both exact in fp32).
 ``Q8_0`` (``w = d·q``, q int8)
     ``accuracy_level=4``: 8 bits, ``q+128`` with the default zero point 128.
     ``accuracy_level=0``: ORT has no fast fp32 kernel for 8 bits (tens of times slower), so
@@ -30,10 +32,10 @@ import numpy as np
 __all__ = ["BLOCK", "EXACT_TYPES", "BlockMatrix", "NBits", "concat_rows", "dequantize", "gather_q8_0", "nbits_nodes",
            "nbits_terms", "why_not"]
 
-#: Elements per block of every type mapped here (ggml's QK4_0 = QK4_1 = QK8_0 = 32).
+#: Elements per MatMulNBits block (ggml's QK4_0 = QK4_1 = QK8_0 = 32; Q4_K's sub-blocks).
 BLOCK = 32
-#: ggml types :func:`nbits_terms` maps exactly -> bytes per block.
-EXACT_TYPES = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}
+#: ggml types :func:`nbits_terms` maps exactly -> (elements, bytes) per block of the file.
+EXACT_TYPES = {"Q4_0": (32, 18), "Q4_1": (32, 20), "Q8_0": (32, 34), "Q4_K": (256, 144)}
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,9 @@ def why_not(m: BlockMatrix) -> str:
     """Why :func:`nbits_terms` cannot map ``m`` exactly; ``""`` when it can."""
     if m.kind not in EXACT_TYPES:
         return f"{m.kind} has no exact MatMulNBits form (exact: {', '.join(EXACT_TYPES)})"
-    if m.cols % BLOCK or m.raw.shape[1] != m.cols // BLOCK * EXACT_TYPES[m.kind]:
-        return f"a {m.kind} row of {m.cols} elements is not {m.cols // BLOCK} blocks of {EXACT_TYPES[m.kind]} bytes"
+    size, nbytes = EXACT_TYPES[m.kind]
+    if m.cols % size or m.raw.shape[1] != m.cols // size * nbytes:
+        return f"a {m.kind} row of {m.cols} elements is not whole blocks of {size} elements in {nbytes} bytes"
     return ""
 
 
@@ -93,22 +96,39 @@ def nbits_terms(m: BlockMatrix, accuracy_level: int) -> list[NBits] | None:
     ``None`` when the type cannot map (see :func:`why_not`)."""
     if why_not(m):
         return None
-    blocks = m.raw.reshape(m.rows, m.cols // BLOCK, EXACT_TYPES[m.kind])  # [N, K/32, bytes]
+    if m.kind == "Q4_K":
+        return _with_mins(*_q4_k(m), accuracy_level)
+    blocks = m.raw.reshape(m.rows, m.cols // BLOCK, EXACT_TYPES[m.kind][1])  # [N, K/32, bytes]
     d = _f16(blocks, 0)
     if m.kind == "Q4_0":
         return [NBits(4, _pack4(_nibbles(blocks[..., 2:])), d)]
     if m.kind == "Q4_1":
-        q, mins = _pack4(_nibbles(blocks[..., 4:])), _f16(blocks, 2)
-        if accuracy_level == 0:
-            return [NBits(4, q, d, _zero_points(m.rows, d.shape[1], 0), mins)]
-        # int8 activations: centred weights d·(q-8) keep their rounding errors from adding up
-        return [NBits(4, q, d, None, mins + 8 * d)]
+        return _with_mins(_nibbles(blocks[..., 4:]), d, _f16(blocks, 2), accuracy_level)
     q = blocks[..., 2:].view(np.int8).astype(np.int16)  # [N, K/32, 32] in -128..127
     if accuracy_level != 0:
         return [NBits(8, (q + 128).astype(np.uint8), d)]
     high, low = q >> 4, q & 0x0F  # q = 16·high + low, high in -8..7, low in 0..15
     return [NBits(4, _pack4((high + 8).astype(np.uint8)), d * 16),
             NBits(4, _pack4(low.astype(np.uint8)), d, _zero_points(m.rows, d.shape[1], 0))]
+
+
+def _with_mins(q: np.ndarray, d: np.ndarray, mins: np.ndarray, accuracy_level: int) -> list[NBits]:
+    """``w = d·q + mins`` per block (q in 0..15): zero point 0 and the block-sum term."""
+    if accuracy_level == 0:
+        return [NBits(4, _pack4(q), d, _zero_points(*d.shape, 0), mins)]
+    # int8 activations: centred weights d·(q-8) keep their rounding errors from adding up
+    return [NBits(4, _pack4(q), d, None, mins + 8 * d)]
+
+
+def _q4_k(m: BlockMatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A Q4_K matrix as ``(q [N, K/32, 32], scale [N, K/32], min [N, K/32])``, ``w = scale·q + min``."""
+    blocks = m.raw.reshape(m.rows, m.cols // 256, 144)  # f16 d, f16 dmin, 12 bytes of 6-bit pairs, 128 of nibbles
+    d, dmin, sc = _f16(blocks, 0), _f16(blocks, 2), blocks[..., 4:16]
+    scale = np.concatenate([sc[..., 0:4] & 63, (sc[..., 8:12] & 0x0F) | (sc[..., 0:4] >> 6 << 4)], axis=-1)
+    low = np.concatenate([sc[..., 4:8] & 63, (sc[..., 8:12] >> 4) | (sc[..., 4:8] >> 6 << 4)], axis=-1)  # [N, S, 8]
+    qs = blocks[..., 16:].reshape(m.rows, -1, 4, 32)  # 4 chunks: sub-block 2c in low nibbles, 2c+1 in high
+    q = np.stack([qs & 0x0F, qs >> 4], axis=3).reshape(m.rows, -1, BLOCK)
+    return q, (d[..., None] * scale).reshape(m.rows, -1), -(dmin[..., None] * low).reshape(m.rows, -1)
 
 
 def concat_rows(parts: list[list[NBits]]) -> list[NBits] | None:
@@ -167,7 +187,7 @@ def gather_q8_0(m: BlockMatrix) -> tuple[np.ndarray, np.ndarray] | None:
     of 32 along axis 1) looking rows of a Q8_0 matrix up exactly; ``None`` for other types."""
     if m.kind != "Q8_0" or why_not(m):
         return None
-    blocks = m.raw.reshape(m.rows, m.cols // BLOCK, EXACT_TYPES["Q8_0"])
+    blocks = m.raw.reshape(m.rows, m.cols // BLOCK, EXACT_TYPES["Q8_0"][1])
     data = (blocks[..., 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint8).reshape(m.rows, m.cols)
     return data, _f16(blocks, 0)
 

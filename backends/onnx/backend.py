@@ -28,7 +28,7 @@ log = structlog.get_logger("plugstack.onnx")
 
 #: What ``plugstack backends`` says about ``backend.quantize``.
 QUANTIZE_NOTE = ("auto (default): native where the weights come block-quantised from a GGUF, else fp32; "
-                 "native: the file's own Q4_0/Q4_1/Q8_0 blocks as MatMulNBits, no added error; "
+                 "native: the file's own Q4_0/Q4_1/Q8_0/Q4_K blocks as MatMulNBits, no added error; "
                  "int8|int4: the fp32 graph quantised again; accuracy_level=4 (int8 activations, fast) or "
                  "0 (fp32 activations: with native, the file's exact arithmetic)")
 

@@ -31,7 +31,7 @@ KNOWN_PROVIDERS = (
 GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
 #: ``None`` keeps fp32/fp16 weights; ``int8``/``int4`` quantise the fp32 graph block-wise
 #: (ONNX Runtime's MatMulNBits, see ``quantize.py``); ``native`` writes the weights as the
-#: model's file stores them (a GGUF's Q4_0/Q4_1/Q8_0 blocks, see ``plugstack.nbits``), with
+#: model's file stores them (a GGUF's Q4_0/Q4_1/Q8_0/Q4_K blocks, see ``plugstack.nbits``), with
 #: no error of its own; ``auto`` is ``native`` where the model's graph builder can, else ``None``.
 QUANTIZE_CHOICES = (None, "int8", "int4", "native", "auto")
 #: ``backend.accuracy_level`` values: ONNX Runtime's MatMulNBits compute modes that matter on CPUs.

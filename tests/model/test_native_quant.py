@@ -23,7 +23,7 @@ from plugstack.nbits import BlockMatrix, concat_rows, nbits_nodes, nbits_terms, 
 from plugstack.plugins.llama.loader import load_path
 from plugstack.testing import SlotDriver, tiny_decoder_model
 
-KINDS = ("Q4_0", "Q4_1", "Q8_0")
+KINDS = ("Q4_0", "Q4_1", "Q8_0")  # what gguf can write, so tiny files of them can be made
 
 
 def quantised(kind: str, rows: int = 96, cols: int = 256, seed: int = 0) -> tuple[BlockMatrix, np.ndarray]:
@@ -31,9 +31,13 @@ def quantised(kind: str, rows: int = 96, cols: int = 256, seed: int = 0) -> tupl
     import gguf
 
     rng = np.random.default_rng(seed)
-    w = (rng.standard_normal((rows, cols)) * 0.05 + 0.02).astype(np.float32)
     qtype = gguf.GGMLQuantizationType[kind]
-    raw = gguf.quants.quantize(w, qtype)
+    if kind == "Q4_K":  # gguf cannot quantise to it: random blocks with sane fp16 d and dmin
+        raw = rng.integers(0, 256, (rows, cols // 256, 144), dtype=np.uint8)
+        raw[..., 0:4] = np.array([0.004, 0.01], np.float16).view(np.uint8)
+        raw = raw.reshape(rows, -1)
+    else:
+        raw = gguf.quants.quantize((rng.standard_normal((rows, cols)) * 0.05 + 0.02).astype(np.float32), qtype)
     return BlockMatrix(kind, raw.reshape(rows, -1), cols), gguf.quants.dequantize(raw, qtype).astype(np.float64)
 
 
@@ -50,7 +54,7 @@ def run_terms(terms, x: np.ndarray, level: int) -> np.ndarray:
     return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [*KINDS, "Q4_K"])
 def test_each_block_type_computes_what_the_file_means(kind):
     m, w = quantised(kind)
     x = np.random.default_rng(1).standard_normal((3, m.cols)).astype(np.float32)
@@ -84,7 +88,7 @@ def test_a_type_without_an_exact_form_says_why():
     raw = gguf.quants.quantize(np.ones((4, 64), np.float32), gguf.GGMLQuantizationType.Q5_0)
     m = BlockMatrix("Q5_0", raw.reshape(4, -1), 64)
     assert nbits_terms(m, 4) is None
-    assert why_not(m) == "Q5_0 has no exact MatMulNBits form (exact: Q4_0, Q4_1, Q8_0)"
+    assert why_not(m) == "Q5_0 has no exact MatMulNBits form (exact: Q4_0, Q4_1, Q8_0, Q4_K)"
 
 
 # -- whole files through the backend ---------------------------------------------------------
@@ -130,7 +134,7 @@ def test_a_matrix_of_a_type_without_exact_form_stays_fp32_with_a_log_line(tmp_pa
     [fallback] = [e for e in logs if e["event"] == "onnx.native.fallback"]
     assert fallback["matrices"] == 1
     assert fallback["first"] == ("layers.1.mlp.down_proj.weight", "Q5_0 has no exact MatMulNBits form "
-                                 "(exact: Q4_0, Q4_1, Q8_0)")
+                                 "(exact: Q4_0, Q4_1, Q8_0, Q4_K)")
     with torch.inference_mode():
         want = logits_of(EagerRunner(model.module, model.signature), [5, 6, 7])
     assert float((logits_of(runner, [5, 6, 7]) - want).abs().max() / want.abs().max()) < 1e-5
