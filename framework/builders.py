@@ -55,7 +55,7 @@ class GraphRequest:
     quantize: str | None = None
     #: ONNX Runtime's ``MatMulNBits`` ``accuracy_level`` for native weights: 0 computes in
     #: fp32 (the file's exact arithmetic), 4 quantises activations to int8 per block (faster).
-    accuracy_level: int = 4
+    accuracy_level: int = 0
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from plugstack.config import options
 from plugstack.errors import BackendUnavailableError
 from plugstack.model import Model
 
-from .config import OnnxBackendConfig, validate
+from .config import OnnxBackendConfig, accuracy_level_for, validate
 
 if TYPE_CHECKING:
     from .runner import OnnxRunner
@@ -29,8 +29,9 @@ log = structlog.get_logger("plugstack.onnx")
 #: What ``plugstack backends`` says about ``backend.quantize``.
 QUANTIZE_NOTE = ("auto (default): native where the weights come block-quantised from a GGUF, else fp32; "
                  "native: the file's own Q4_0/Q4_1/Q8_0/Q4_K blocks as MatMulNBits, no added error; "
-                 "int8|int4: the fp32 graph quantised again; accuracy_level=4 (int8 activations, fast) or "
-                 "0 (fp32 activations: with native, the file's exact arithmetic)")
+                 "int8|int4: the fp32 graph quantised again; accuracy_level=0 (fp32 activations: with "
+                 "native, the file's exact arithmetic; native's default) or 4 (int8 activations, faster; "
+                 "int8/int4's default)")
 
 #: Distributions that provide the ``onnxruntime`` module, and the providers each can offer.
 _DISTRIBUTIONS = {
@@ -165,7 +166,7 @@ class OnnxBackend(Backend):
 
         opts = dataclasses.replace(self.options, providers=self._providers())
         builder, quantize = choose_builder(model, opts)
-        opts = dataclasses.replace(opts, quantize=quantize)
+        opts = dataclasses.replace(opts, quantize=quantize, accuracy_level=accuracy_level_for(opts, quantize))
         if builder is None:  # the generic export concatenates: refuse what cannot apply before exporting
             self.kv_mode(model, BuiltGraph(), opts.providers[0])
         make = functools.partial(self._runner, model)

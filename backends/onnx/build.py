@@ -21,7 +21,7 @@ from plugstack.errors import ModelLoadError, UnsupportedOptionError
 from plugstack.model import Model
 
 from .cache import CacheEntry, DamagedEntry, cache_key, get_or_build, use_entry
-from .config import OnnxBackendConfig
+from .config import OnnxBackendConfig, accuracy_level_for
 
 log = structlog.get_logger("plugstack.onnx")
 
@@ -73,7 +73,7 @@ def native_or_not(model: Model, options: OnnxBackendConfig, builder: OnnxGraphBu
 
 def request_of(options: OnnxBackendConfig, quantize: str | None) -> GraphRequest:
     return GraphRequest(dtype=options.dtype, opset=options.opset, quantize=quantize,
-                        accuracy_level=options.accuracy_level)
+                        accuracy_level=accuracy_level_for(options, quantize))
 
 
 def _name(builder: Any) -> str:
@@ -94,7 +94,7 @@ def key_parts(model: Model, options: OnnxBackendConfig, builder: OnnxGraphBuilde
         "signature": model.signature.describe(),
         "dtype": options.dtype,
         "quantize": quantize,
-        "accuracy_level": options.accuracy_level if quantize else None,
+        "accuracy_level": accuracy_level_for(options, quantize) if quantize else None,
         "opset": options.opset,
         "torch": _version("torch"),
         "onnx": _version("onnx"),
@@ -197,7 +197,8 @@ def base_entry(model: Model, options: OnnxBackendConfig, builder: OnnxGraphBuild
         if options.verify:
             runner = _fresh_runner(make_runner, path, _unquantised(options), graph, model)
             fields["verify"] = verify_against_eager(runner, model, variant=native or options.dtype,
-                                                    tolerance=options.tolerance, accuracy_level=options.accuracy_level)
+                                                    tolerance=options.tolerance,
+                                                    accuracy_level=accuracy_level_for(options, options.quantize))
             if options.quantize in (None, "native"):
                 made["runner"] = runner
         return fields
@@ -223,7 +224,8 @@ def quantized_entry(model: Model, options: OnnxBackendConfig, builder: OnnxGraph
         path = tmp / "model.onnx"
         graph = graph_of(base)
         try:
-            quantised = quantize_graph(base.model_path, path, options.quantize, options.accuracy_level)
+            level = accuracy_level_for(options, options.quantize)
+            quantised = quantize_graph(base.model_path, path, options.quantize, level)
         except Exception as e:  # the base graph cannot be read: rebuild it (use_entry)
             if not cannot_load(e):
                 raise
@@ -237,7 +239,8 @@ def quantized_entry(model: Model, options: OnnxBackendConfig, builder: OnnxGraph
         if options.verify:
             runner = _fresh_runner(make_runner, path, options, graph, model)
             fields["verify"] = verify_against_eager(runner, model, variant=options.quantize,
-                                                    tolerance=options.tolerance, accuracy_level=options.accuracy_level)
+                                                    tolerance=options.tolerance,
+                                                    accuracy_level=accuracy_level_for(options, options.quantize))
             made["runner"] = runner
         return fields
 

@@ -65,9 +65,10 @@ class OnnxBackendConfig:
     #: else null) | native (the file's own blocks) | null (fp32) | int8 | int4 (the fp32 graph
     #: quantised again; int4 costs small models much quality).
     quantize: Optional[str] = "auto"
-    #: MatMulNBits compute for quantised weights: 4 (int8 activations per block, fastest) | 0
-    #: (fp32 activations: with native weights, the file's arithmetic exactly).
-    accuracy_level: int = 4
+    #: MatMulNBits compute for quantised weights: 0 (fp32 activations: with native weights, the
+    #: file's arithmetic exactly) | 4 (int8 activations per block: faster, not exact) | null: 0
+    #: for native, 4 for int8/int4 (ONNX Runtime has no fast fp32 kernel for 8 bits).
+    accuracy_level: Optional[int] = None
     #: Compute dtype of the graph: fp32, or fp16 with the CUDA provider first (graph=export).
     dtype: str = "fp32"
     #: How the graph is made: auto (the model's own builder where it offers one) | fused
@@ -99,6 +100,13 @@ def _bad(option: str, value: Any, valid: Any, hint: str = "") -> UnsupportedOpti
     )
 
 
+def accuracy_level_for(cfg: OnnxBackendConfig, quantize: str | None) -> int:
+    """``backend.accuracy_level``, or its default for ``quantize``: 0 (exact) for native, else 4."""
+    if cfg.accuracy_level is not None:
+        return cfg.accuracy_level
+    return 0 if quantize == "native" else 4
+
+
 def validate(cfg: OnnxBackendConfig) -> None:
     """Raise :class:`UnsupportedOptionError` for any option the onnx backend cannot honour."""
     if cfg.threads < 0:
@@ -117,7 +125,7 @@ def validate(cfg: OnnxBackendConfig) -> None:
         cfg.quantize = None
     if cfg.quantize not in QUANTIZE_CHOICES:
         raise _bad("quantize", cfg.quantize, "auto, native, null, int8, int4")
-    if cfg.accuracy_level not in ACCURACY_LEVELS:
+    if cfg.accuracy_level is not None and cfg.accuracy_level not in ACCURACY_LEVELS:
         raise _bad("accuracy_level", cfg.accuracy_level, "4 (int8 activations, fast) or 0 (fp32 activations, exact)")
     if cfg.dtype not in DTYPES:
         raise _bad("dtype", cfg.dtype, ", ".join(DTYPES))

@@ -147,7 +147,8 @@ def test_auto_is_native_for_block_quantised_files_and_fp32_otherwise(tmp_path, t
     f = gguf_writer(tmp_path / "f.gguf", state, module.cfg, qtype="F32")
     assert OnnxBackendConfig().quantize == "auto"
     _, runner = prepare(q, tmp_path)
-    assert runner.cache_entry.manifest["inputs"]["quantize"] == "native"
+    inputs = runner.cache_entry.manifest["inputs"]
+    assert (inputs["quantize"], inputs["accuracy_level"]) == ("native", 0)  # exact by default
     runner.close()
     with capture_logs() as logs:
         _, runner = prepare(f, tmp_path)
