@@ -26,7 +26,9 @@ TEXT = Path(__file__).with_name("data") / "quality.txt"
 VARIANTS = {
     "cpu-bf16": ("cpu", {"dtype": "bf16"}),
     "cpu-int8": ("cpu", {"quantize": "int8"}),
-    "onnx-fp32": ("onnx", {}),
+    "onnx-fp32": ("onnx", {"quantize": None}),
+    "onnx-native-l0": ("onnx", {"quantize": "native", "accuracy_level": 0}),
+    "onnx-native-l4": ("onnx", {"quantize": "native", "accuracy_level": 4}),
     "onnx-int8": ("onnx", {"quantize": "int8"}),
     "onnx-int4": ("onnx", {"quantize": "int4"}),
 }
@@ -43,7 +45,7 @@ def teacher_forced_logprobs(runner, ids: list[int]) -> torch.Tensor:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="cpu-bf16,cpu-int8,onnx-fp32,onnx-int8,onnx-int4")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -34,7 +34,9 @@ PROMPTS = ["Tell me about the sea.", "Write a story about a fox.", "Explain how 
 SYSTEMS = {  # name -> plugstack overrides
     "cpu-fp32": ["backend=cpu"],
     "cpu-int8": ["backend=cpu", "backend.quantize=int8"],
-    "onnx-fp32": ["backend=onnx"],
+    "onnx-fp32": ["backend=onnx", "backend.quantize=null"],
+    "onnx-native-l0": ["backend=onnx", "backend.quantize=native", "backend.accuracy_level=0"],
+    "onnx-native-l4": ["backend=onnx", "backend.quantize=native", "backend.accuracy_level=4"],
     "onnx-int8": ["backend=onnx", "backend.quantize=int8"],
     "onnx-int4": ["backend=onnx", "backend.quantize=int4"],
 }
