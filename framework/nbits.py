@@ -20,7 +20,8 @@ type becomes, and why (measured on this machine with ONNX Runtime 1.32's CPU ker
     ``q = 16·h + l`` is split into two exact 4-bit terms, ``(16d)·h + d·l``, summed.
 
 Every other type returns ``None`` with the reason (:func:`why_not`), and the builder keeps
-that matrix in fp32, dequantised (``dequantize``): exact, only slower.
+that matrix in fp32: exact, only slower. :func:`dequantize` is the fp32 form of any type
+(what the Llama loader builds its eager module from).
 """
 
 from __future__ import annotations
@@ -193,9 +194,21 @@ def gather_q8_0(m: BlockMatrix) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def dequantize(m: BlockMatrix) -> np.ndarray:
-    """``m`` as float32 ``[rows, cols]`` (every type the gguf package decodes)."""
+    """``m`` as float32 ``[rows, cols]``: every type the gguf package decodes. Q4_0, Q4_1 and
+    Q8_0 in whole-matrix numpy: gguf.quants works row group by row group, several times
+    slower; these are the same float32 operations, so the same bits (tested)."""
     import gguf
 
+    if m.kind in ("Q4_0", "Q4_1", "Q8_0") and not why_not(m):
+        blocks = m.raw.reshape(m.rows, m.cols // BLOCK, EXACT_TYPES[m.kind][1])  # [N, K/32, bytes]
+        d = _f16(blocks, 0)[..., None]
+        if m.kind == "Q8_0":
+            w = d * blocks[..., 2:].view(np.int8).astype(np.float32)
+        elif m.kind == "Q4_0":
+            w = d * (_nibbles(blocks[..., 2:]).astype(np.float32) - 8.0)
+        else:
+            w = d * _nibbles(blocks[..., 4:]).astype(np.float32) + _f16(blocks, 2)[..., None]
+        return w.reshape(m.rows, m.cols)
     return np.asarray(gguf.quants.dequantize(m.raw, gguf.GGMLQuantizationType[m.kind]), np.float32).reshape(
         m.rows, m.cols)
 

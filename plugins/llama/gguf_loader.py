@@ -76,9 +76,9 @@ class GGUFContents:
         permuted = SUPPORTED_ARCHITECTURES[self.architecture]
         n_heads, n_kv = self.hparams["num_heads"], self.hparams["num_kv_heads"]
         out: dict[str, np.ndarray] = {}
-        for name, (qtype, raw) in self._raw.items():
+        for name, (_, raw) in self._raw.items():
             ours, _, shape = self.tensors[name]
-            arr = self._decode(name, qtype, raw, shape)
+            arr = self._decode(name, raw, shape)
             if permuted and name.endswith(("attn_q.weight", "attn_q.bias")):
                 arr = unpermute_qk(arr, n_heads)
             elif permuted and name.endswith(("attn_k.weight", "attn_k.bias")):
@@ -95,15 +95,14 @@ class GGUFContents:
             if qtype not in seen:
                 seen.add(qtype)
                 shape = self.tensors[name][2]
-                self._decode(name, qtype, raw.reshape(-1, raw.shape[-1])[:1], (1, shape[-1]))
+                self._decode(name, raw.reshape(-1, raw.shape[-1])[:1], (1, shape[-1]))
 
-    def _decode(self, name: str, qtype: Any, raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        import gguf
+    def _decode(self, name: str, raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        from plugstack.nbits import BlockMatrix, dequantize
 
         type_name = self.tensors[name][1]
         try:
-            fast = _FAST_DEQUANT.get(type_name)
-            arr = fast(raw, shape) if fast else gguf.quants.dequantize(raw, qtype)
+            arr = dequantize(BlockMatrix(type_name, raw.reshape(-1, raw.shape[-1]), shape[-1]))
         except NotImplementedError:
             raise ModelLoadError(
                 f"{self.path}: tensor {name!r} is stored as {type_name}, which this version of "
@@ -112,7 +111,7 @@ class GGUFContents:
             ) from None
         except (ValueError, IndexError) as e:  # a block that does not fit its type
             raise broken(f"tensor {name!r} ({type_name}) cannot be decoded ({e})", self.path) from None
-        return np.asarray(arr, dtype=np.float32).reshape(shape)
+        return arr.reshape(shape)
 
     def block_matrices(self) -> dict[str, BlockMatrix]:
         """Every 2-D weight as the file stores it (``plugstack.nbits``), under our names, the
@@ -130,36 +129,6 @@ class GGUFContents:
             n_heads = next((n for suffix, n in heads.items() if name.endswith(suffix)), 0)
             out[ours] = m.take_rows(unpermute_qk(np.arange(shape[0]), n_heads)) if permuted and n_heads else m
         return out
-
-
-# Whole-tensor numpy versions of the three legacy block types SmolLM2-style files use.
-# gguf.quants works row group by row group, several times slower; these give bit-identical
-# results (same float32 operations; tested against gguf.quants).
-def _f16(blocks: np.ndarray, start: int) -> np.ndarray:
-    return blocks[:, start : start + 2].copy().view(np.float16).astype(np.float32)
-
-
-def _q8_0(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    blocks = raw.reshape(-1, 34)  # f16 scale, 32 x int8
-    return (_f16(blocks, 0) * blocks[:, 2:].view(np.int8).astype(np.float32)).reshape(shape)
-
-
-def _nibbles(qs: np.ndarray) -> np.ndarray:
-    # Low nibbles are elements 0..15 of a block, high nibbles 16..31.
-    return np.concatenate((qs & 0x0F, qs >> 4), axis=1).astype(np.float32)
-
-
-def _q4_0(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    blocks = raw.reshape(-1, 18)  # f16 scale, 16 bytes of nibbles (offset by 8)
-    return (_f16(blocks, 0) * (_nibbles(blocks[:, 2:]) - 8.0)).reshape(shape)
-
-
-def _q4_1(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    blocks = raw.reshape(-1, 20)  # f16 scale, f16 min, 16 bytes of nibbles
-    return (_f16(blocks, 0) * _nibbles(blocks[:, 4:]) + _f16(blocks, 2)).reshape(shape)
-
-
-_FAST_DEQUANT = {"Q8_0": _q8_0, "Q4_0": _q4_0, "Q4_1": _q4_1}
 
 
 def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:

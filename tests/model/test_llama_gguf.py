@@ -66,13 +66,13 @@ def test_tiny_gguf_undoes_llama_cpp_permutation(qtype, tol, tmp_path, tiny_state
 def test_fast_dequantisation_is_bit_identical_to_gguf(qtype):
     import gguf
 
-    from plugstack.plugins.llama.gguf_loader import _FAST_DEQUANT
+    from plugstack.nbits import BlockMatrix, dequantize
 
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((48, 256)) * rng.uniform(0.01, 3.0, (48, 1))).astype(np.float32)
     raw = gguf.quants.quantize(x, gguf.GGMLQuantizationType[qtype])
     expected = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[qtype])
-    assert np.array_equal(_FAST_DEQUANT[qtype](raw, x.shape), expected)
+    assert np.array_equal(dequantize(BlockMatrix(qtype, raw, x.shape[1])), expected)
 
 
 def test_tiny_gguf_untied_head_and_tokenizer(tmp_path, tiny_llama_config, gguf_writer):
