@@ -94,7 +94,7 @@ def key_parts(model: Model, options: OnnxBackendConfig, builder: OnnxGraphBuilde
         "signature": model.signature.describe(),
         "dtype": options.dtype,
         "quantize": quantize,
-        "accuracy_level": accuracy_level_for(options, quantize) if quantize else None,
+        "accuracy_level": options.accuracy_level if quantize else None,
         "opset": options.opset,
         "torch": _version("torch"),
         "onnx": _version("onnx"),
@@ -159,8 +159,10 @@ def _fresh_runner(make_runner: MakeRunner, path: Path, options: OnnxBackendConfi
 
 def runner_from_cache(model: Model, options: OnnxBackendConfig, builder: OnnxGraphBuilder | None,
                       cache_dir: Path, make_runner: MakeRunner) -> Any:
-    """The runner over the cached graph (fp32, or its ``backend.quantize`` version), each entry
-    built on a miss and rebuilt once if it turns out damaged on use."""
+    """The runner over the cached graph (fp32, native, or its ``backend.quantize`` version), each
+    entry built on a miss and rebuilt once if it turns out damaged on use. ``options`` as
+    ``OnnxBackend.prepare`` resolved them: ``quantize`` by :func:`choose_builder`, and
+    ``accuracy_level`` by ``accuracy_level_for``."""
     made: dict[str, Any] = {}  # a runner built while verifying, reused (no 2nd session)
 
     def use(entry: CacheEntry) -> Any:
@@ -197,8 +199,7 @@ def base_entry(model: Model, options: OnnxBackendConfig, builder: OnnxGraphBuild
         if options.verify:
             runner = _fresh_runner(make_runner, path, _unquantised(options), graph, model)
             fields["verify"] = verify_against_eager(runner, model, variant=native or options.dtype,
-                                                    tolerance=options.tolerance,
-                                                    accuracy_level=accuracy_level_for(options, options.quantize))
+                                                    tolerance=options.tolerance, accuracy_level=options.accuracy_level)
             if options.quantize in (None, "native"):
                 made["runner"] = runner
         return fields
@@ -224,8 +225,7 @@ def quantized_entry(model: Model, options: OnnxBackendConfig, builder: OnnxGraph
         path = tmp / "model.onnx"
         graph = graph_of(base)
         try:
-            level = accuracy_level_for(options, options.quantize)
-            quantised = quantize_graph(base.model_path, path, options.quantize, level)
+            quantised = quantize_graph(base.model_path, path, options.quantize, options.accuracy_level)
         except Exception as e:  # the base graph cannot be read: rebuild it (use_entry)
             if not cannot_load(e):
                 raise
@@ -239,8 +239,7 @@ def quantized_entry(model: Model, options: OnnxBackendConfig, builder: OnnxGraph
         if options.verify:
             runner = _fresh_runner(make_runner, path, options, graph, model)
             fields["verify"] = verify_against_eager(runner, model, variant=options.quantize,
-                                                    tolerance=options.tolerance,
-                                                    accuracy_level=accuracy_level_for(options, options.quantize))
+                                                    tolerance=options.tolerance, accuracy_level=options.accuracy_level)
             made["runner"] = runner
         return fields
 
