@@ -307,12 +307,12 @@ def _seen_mask(seqs: Sequence[Sequence[int]], vocab: int) -> torch.Tensor:
 # -- the whole loop --------------------------------------------------------------------------
 
 _threads_lock = threading.Lock()
-_threads_users = 0  # loops inside _torch_threads_for now
+_threads_users = 0  # loops inside torch_threads_for now
 _threads_saved = 0  # torch's thread count before the first of them came in
 
 
 @contextlib.contextmanager
-def _torch_threads_for(runner: Runner) -> Iterator[None]:
+def torch_threads_for(runner: Runner) -> Iterator[None]:
     """Keep torch to one thread while driving a runner whose compute runs outside torch
     (``Runner.uses_torch_threads`` False, e.g. ONNX Runtime): the loop's light torch work
     would otherwise wake torch's thread pool, whose spinning workers compete with the
@@ -349,7 +349,7 @@ def decode_loop(runner: Runner, prompts: list[list[int]], params: SamplingParams
     rows = Rows(prompts, params, eos_ids=eos_ids, context_length=context_length, on_token=on_token,
                 on_finish=on_finish)
     clock = Timings()
-    with _torch_threads_for(runner):
+    with torch_threads_for(runner):
         t0 = time.perf_counter()
         feeds = Feeds(runner)
         state = runner.new_state(len(prompts))

@@ -39,12 +39,12 @@ import structlog
 from .decode import (
     Feeds,
     Rows,
-    _torch_threads_for,
     check_decoder,
     context_window,
     decode_one_token,
     fit_prompts,
     prefill,
+    torch_threads_for,
 )
 from .detokenize import TextAssembler
 from .errors import EngineClosedError, GenerationError, QueueFullError
@@ -265,7 +265,7 @@ class Engine:
 
     def _run(self) -> None:
         try:
-            with _torch_threads_for(self.runner):
+            with torch_threads_for(self.runner):
                 self._warm_up()
                 while self._turn():
                     pass
