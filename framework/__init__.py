@@ -24,11 +24,13 @@ from .errors import (
 )
 from .generation import GenerationResult, generate, generate_ids, stream
 from .hookspecs import Register, hookimpl
+from .images import ImageSampler
 from .model import Model, Tokenizer
 from .registry import create_backend
 from .sampling import SamplingParams
 from .signature import StepSignature, TensorSpec
 from .state import SlotState, TensorSlots
+from .training import Trainable
 
 if TYPE_CHECKING:
     from .backends.eager import EagerRunner
@@ -48,6 +50,7 @@ __all__ = [
     "GenerationError",
     "GenerationResult",
     "GraphRequest",
+    "ImageSampler",
     "InplaceKVBuilder",
     "Model",
     "ModelLoadError",
@@ -66,6 +69,7 @@ __all__ = [
     "TensorSlots",
     "TensorSpec",
     "Tokenizer",
+    "Trainable",
     "UnknownPluginError",
     "UnsupportedOptionError",
     "create_backend",

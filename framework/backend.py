@@ -241,6 +241,16 @@ class Backend(ABC):
     def prepare(self, model: Model) -> Runner:
         """Turn ``model`` into a Runner for this backend (may export, compile, quantise)."""
 
+    def training_device(self) -> str:
+        """The torch device ``app=train`` trains on with this backend (``"cpu"``,
+        ``"cuda:0"``). Backends without the ``"training"`` capability refuse, saying so."""
+        from .errors import UnsupportedOptionError
+
+        caps = ", ".join(sorted(self.capabilities))
+        raise UnsupportedOptionError(
+            f"backend {type(self).__name__} only runs inference (capabilities: {caps}); "
+            f"train with backend=cpu or backend=cuda, then run the trained model on any backend.")
+
     def runs_as(self) -> str | None:
         """The name of the backend that runs the steps, when it is not this one (a backend
         that delegates, like ``auto``, names its choice); logs and ``run.json`` show it."""

@@ -70,6 +70,10 @@ class Model:
     #: Model-owned implementations of the step for particular backends, by the key each
     #: backend documents (``"onnx"``, ``"torch.inplace_kv"``): see ``plugstack.builders``.
     builders: dict[str, Any] = field(default_factory=dict)
+    #: What the model offers applications, by the key each app documents: ``"train"`` (a
+    #: callable returning a :class:`plugstack.Trainable`, for ``app=train``), ``"image"``
+    #: (a :class:`plugstack.ImageSampler`, for ``app=image``). Backends never read it.
+    offers: dict[str, Any] = field(default_factory=dict)
     #: Builds ``module`` when it was given as ``None`` (called once, on first use).
     make_module: Callable[[], torch.nn.Module] | None = field(default=None, repr=False, compare=False)
 

@@ -142,6 +142,21 @@ class AutoBackend(Backend):
             device = dataclasses.replace(device, extra=extra)
         return Availability(True, reason=f"selected {sel.name} ({sel.source})", device=device)
 
+    def training_device(self) -> str:
+        """Trains on the first available candidate that can train (cuda, then cpu by default),
+        which need not be the one chosen for inference (onnx)."""
+        names, _ = self.candidates()
+        registry = _registry()
+        for name in names:
+            if name == "auto" or name not in registry.names("backend"):
+                continue
+            backend, availability = registry.get("backend", name).probe()
+            if availability.available and "training" in backend.capabilities:
+                log.info("backend.auto.training", backend=name)
+                return backend.training_device()
+        raise BackendUnavailableError(f"backend=auto found no backend that can train among {names}: "
+                                      f"use backend=cpu or backend=cuda.")
+
     def prepare(self, model: Model) -> Runner:
         sel = self.select()
         if sel.backend is None:

@@ -49,6 +49,9 @@ class CpuBackend(Backend):
             return Availability.no("torch is not installed; `pip install torch` or use backend=onnx")
         return Availability(True, device=cpu_device_info())
 
+    def training_device(self) -> str:
+        return "cpu"
+
     def prepare(self, model: Model) -> Runner:
         import torch
 

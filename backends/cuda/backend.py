@@ -51,6 +51,11 @@ class CudaBackend(Backend):
     def probe(self) -> Availability:
         return probe_cuda(int(self.cfg.device_index))
 
+    def training_device(self) -> str:
+        if torch_build().cuda is None:
+            raise BackendUnavailableError(f"backend=cuda cannot train here: {self.probe().reason}")
+        return f"cuda:{int(self.cfg.device_index)}"
+
     def prepare(self, model: Model) -> Runner:
         cfg = self.cfg
         if torch_build().cuda is None:  # cheap: do not import a torch that cannot help

@@ -1,0 +1,43 @@
+"""The interface a text-to-image model offers ``app=image`` (``plugstack.ImageSampler``).
+
+The model owns its sampling loop (noise schedule, guidance, the update rule) and runs
+every denoising step through the :class:`plugstack.Runner` it is handed, so the same
+loop runs on ``cpu``, ``cuda`` or ``onnx`` without knowing which. The app owns the rest:
+seeds, files, the grid, the run record. A model offers it as ``offers={"image": sampler}``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .backend import Runner
+
+__all__ = ["IMAGE", "ImageSampler"]
+
+#: The key of :attr:`plugstack.Model.offers` under which a model offers its sampler.
+IMAGE = "image"
+
+
+class ImageSampler(ABC):
+    """Turns a text prompt into images, one denoising step at a time through a Runner."""
+
+    #: Denoising steps when the caller gives none.
+    default_steps: int = 50
+    #: Classifier-free guidance scale when the caller gives none (0: unconditional).
+    default_guidance: float = 1.0
+
+    @abstractmethod
+    def check_prompt(self, prompt: str) -> None:
+        """Raise :class:`plugstack.GenerationError` saying what is wrong with ``prompt`` and
+        what the model understands. Called before any work is done."""
+
+    @abstractmethod
+    def sample(self, runner: Runner, prompt: str, *, num_images: int, seed: int, steps: int,
+               guidance: float) -> np.ndarray:
+        """``num_images`` images for ``prompt`` as floats in [0, 1], ``[N, H, W]`` (grey) or
+        ``[N, H, W, 3]`` (RGB). The same ``seed`` gives the same images on a given backend;
+        image ``i`` depends only on ``seed`` and ``i``, not on ``num_images``."""

@@ -1,0 +1,94 @@
+"""The training interface a model plugin offers ``app=train`` (``plugstack.Trainable``).
+
+The model brings *what* is learned — the trainable module, the data in batches, the loss;
+``app=train`` brings *how* — optimiser, schedule, precision, clipping, evaluation,
+checkpoints, resume and PyTorch DDP. A model offers it through its ``offers`` mapping::
+
+    def load(cfg):
+        ...
+        return plugstack.Model(..., offers={"train": lambda: MyTrainable(module, data)})
+
+    class MyTrainable(plugstack.Trainable):
+        def batches(self, split, *, batch_size, seed, rank=0, world_size=1):
+            ...                                  # yields whatever loss() takes
+        def loss(self, module, batch):
+            x, y = batch
+            return torch.nn.functional.mse_loss(module(x), y)
+
+Determinism is part of the contract, so a run killed and resumed loses no step and
+repeats none: ``batches(split="train", ...)`` is a pure function of its arguments (the
+app skips the batches a resumed run has already trained on), and the app seeds torch's
+global generator from ``(seed, step, rank)`` before every step, so random draws inside
+``loss`` (noise, dropout) are reproducible too.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["TRAIN", "Trainable", "to_device"]
+
+#: The key of :attr:`plugstack.Model.offers` under which a model offers its training
+#: interface: a callable taking no arguments and returning a :class:`Trainable`.
+TRAIN = "train"
+
+
+class Trainable(ABC):
+    """One model's training interface: a module, its batches and its loss.
+
+    ``module`` is the ``torch.nn.Module`` whose parameters are trained (those with
+    ``requires_grad``); the app moves it to the training device and may wrap it (DDP),
+    so :meth:`loss` must call the ``module`` it is given, not ``self.module``.
+    """
+
+    #: The module trained; its ``state_dict()`` is what checkpoints hold.
+    module: torch.nn.Module
+
+    @abstractmethod
+    def batches(self, split: str, *, batch_size: int, seed: int, rank: int = 0,
+                world_size: int = 1) -> Iterator[Any]:
+        """Batches of ``split`` (``"train"`` or ``"eval"``) in an order fixed by ``seed``.
+
+        ``"train"`` never ends (epoch after epoch, reshuffled per epoch); ``"eval"`` is one
+        pass over held-out data. A batch is a tensor or a tuple/list/dict of tensors (the
+        app moves them to the device) holding ``batch_size`` items for this ``rank`` of
+        ``world_size`` processes: ranks see disjoint items.
+        """
+
+    @abstractmethod
+    def loss(self, module: torch.nn.Module, batch: Any) -> torch.Tensor | tuple[torch.Tensor, Mapping[str, float]]:
+        """The scalar loss of ``batch`` through ``module`` (optionally with named metrics
+        to log beside it)."""
+
+    def evaluate(self, module: torch.nn.Module, *, batch_size: int, seed: int) -> dict[str, float]:
+        """Held-out metrics, called in eval mode without gradients. By default the mean
+        loss over the ``"eval"`` batches, as ``{"eval_loss": ...}``."""
+        import torch
+
+        total, count = 0.0, 0
+        for batch in self.batches("eval", batch_size=batch_size, seed=seed):
+            out = self.loss(module, to_device(batch, next(module.parameters()).device))
+            loss = out[0] if isinstance(out, tuple) else out
+            total, count = total + float(loss), count + 1
+        return {"eval_loss": total / count if count else float(torch.nan)}
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable facts stored beside each checkpoint (architecture, data)."""
+        return {}
+
+
+def to_device(batch: Any, device: Any) -> Any:
+    """``batch`` with every tensor in it on ``device``."""
+    if hasattr(batch, "to"):
+        return batch.to(device)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
