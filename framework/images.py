@@ -37,7 +37,7 @@ class ImageSampler(ABC):
 
     @abstractmethod
     def sample(self, runner: Runner, prompt: str, *, num_images: int, seed: int, steps: int,
-               guidance: float) -> np.ndarray:
-        """``num_images`` images for ``prompt`` as floats in [0, 1], ``[N, H, W]`` (grey) or
-        ``[N, H, W, 3]`` (RGB). The same ``seed`` gives the same images on a given backend;
-        image ``i`` depends only on ``seed`` and ``i``, not on ``num_images``."""
+               guidance: float, first: int = 0) -> np.ndarray:
+        """Images ``first .. first + num_images - 1`` for ``prompt``, as floats in [0, 1]:
+        ``[N, H, W]`` (grey) or ``[N, H, W, 3]`` (RGB). Image ``i`` starts from noise that
+        depends only on ``seed`` and ``i``, so a caller may make a long series in chunks."""
