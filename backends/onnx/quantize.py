@@ -8,8 +8,9 @@ per-channel dynamic int8 (``quantize_dynamic``) does,
 and ``quantize_dynamic`` also mistakes opset 23's standard ``Attention`` for Microsoft's.
 At 4 bits a small model loses noticeably: offered, with a warning.
 
-The exporter turns a last-position head into ``Gemm``, which the quantiser skips; it is
-rewritten as a ``MatMul`` first so the (largest) head matrix is quantised too.
+The exporter turns a Linear layer on 2-D activations (a last-position head, a denoiser's
+time MLP) into ``Gemm``, which the quantiser skips; each is rewritten as a ``MatMul`` (plus
+an ``Add`` of its bias) first so those matrices are quantised too.
 """
 
 from __future__ import annotations
@@ -30,25 +31,34 @@ BLOCK_SIZE = 32
 
 
 def gemm_to_matmul(model: onnx.ModelProto) -> int:
-    """Rewrite ``Gemm(A, W)`` with a constant W and no bias as ``MatMul(A, W')``; returns count."""
+    """Rewrite ``Gemm(A, W[, C])`` with a constant W as ``MatMul(A, W')`` (then ``Add C``);
+    returns how many. A Linear layer on 2-D activations exports as such a Gemm (its bias as
+    C): a denoiser's time and conditioning MLPs, a last-position head."""
     inits = {t.name: t for t in model.graph.initializer}
-    rewritten = 0
-    for idx, node in enumerate(list(model.graph.node)):
-        if node.op_type != "Gemm" or (len(node.input) > 2 and node.input[2]):
-            continue
+    # made: (weight, transposed) -> its MatMul initializer, so a shared weight is written once.
+    nodes, made, rewritten = [], {}, 0
+    for node in model.graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or node.input[1] not in inits:
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if (node.op_type != "Gemm" or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0
+                or (bias and attrs.get("beta", 1.0) != 1.0) or node.input[1] not in inits):
+            nodes.append(node)
             continue
-        w = numpy_helper.to_array(inits[node.input[1]])
-        if attrs.get("transB", 0):
-            w = np.ascontiguousarray(w.T)
-        name = node.input[1] + ".matmul"
-        model.graph.initializer.append(numpy_helper.from_array(w, name))
-        new = helper.make_node("MatMul", [node.input[0], name], list(node.output), name=node.name + ".matmul")
-        model.graph.node.remove(node)
-        model.graph.node.insert(idx, new)
+        key = (node.input[1], bool(attrs.get("transB", 0)))
+        if key not in made:  # W as it is, or transposed into a new initializer
+            made[key] = node.input[1] + ".matmul" if key[1] else node.input[1]
+            if key[1]:
+                w = np.ascontiguousarray(numpy_helper.to_array(inits[node.input[1]]).T)
+                model.graph.initializer.append(numpy_helper.from_array(w, made[key]))
+        product = node.output[0] if bias is None else node.output[0] + ".matmul"
+        base = node.name or node.output[0]  # node names must be unique where given
+        nodes.append(helper.make_node("MatMul", [node.input[0], made[key]], [product], name=base + ".matmul"))
+        if bias is not None:  # C broadcasts to [M, N] under Add as it does inside Gemm
+            nodes.append(helper.make_node("Add", [product, bias], list(node.output), name=base + ".bias"))
         rewritten += 1
-    # Drop initializers no node reads any more (the original transposed head).
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    # Drop initializers no node reads any more (the original transposed weights).
     used = {i for n in model.graph.node for i in n.input}
     for t in [t for t in model.graph.initializer if t.name not in used]:
         model.graph.initializer.remove(t)

@@ -23,89 +23,110 @@ test module subclasses :class:`BackendConformance` and overrides fixtures::
         def unsupported_options(self):
             return [{"dtype": "fp8"}]                 # each must raise UnsupportedOptionError
 
-The kit takes the model under test: every test runs once per name of the ``kit_model``
-fixture, by default both of :data:`plugstack.testing.KIT_MODELS` — a tiny Llama (growing
-KV cache, mask, positions, its own ONNX graph builder) and a tiny recurrent model
-(fixed-size state, none of those) — each compared with the same model run eagerly in fp32
-on the CPU. Override ``kit_model`` (``@pytest.fixture(params=[...])``) to choose, or
-``model`` and ``reference`` to bring your own model.
+The kit takes the model under test: each test runs once per kit model it applies to, out
+of ``kit_models`` (by default all of :data:`plugstack.testing.KIT_MODELS`): a tiny Llama
+(growing KV cache, mask, positions, its own ONNX graph builder), a tiny recurrent model
+(fixed-size state, none of those) and a tiny denoiser (a diffusion model's step: no state,
+float image inputs), each compared with the same model run eagerly in fp32 on the CPU.
+Set ``kit_models = ("tiny-llama",)`` to choose, or bring your own model as a factory,
+``kit_models = (tiny_digits,)`` with ``def tiny_digits(seed=0) -> Model`` (equal weights
+for equal seeds: one copy goes to the backend, one to the reference). Overriding the
+``model`` and ``reference`` fixtures works too; a test that cannot apply to that model
+then skips, saying so.
 
-What is checked: prefill logits; decoding over 8 steps; a prefill split in two chunks;
-rows of different lengths stepped together against each row alone (also with several new
-tokens on each row's cache); slots: a sequence admitted mid-decode and the ones already
-running each produce exactly what they produce alone, a released slot is reused without
-seeing its old positions, a step of some slots leaves the others untouched; state lengths;
-reduced precision; unsupported options; ``close``.
+What is checked, for every model: one step against the reference (the prompt's logits; a
+stateless model's outputs on a seeded example); reduced precision; unsupported options;
+that ``prepare`` leaves the caller's model untouched; ``close``. For models whose step
+appends positions (``new_axis``: decoders), the sequence tests of
+:mod:`plugstack.testing.sequence_kit`: decoding over 8 steps, chunked prefills, rows of
+different lengths, slots (admission mid-decode, release and reuse, steps of some slots,
+any order), state lengths. For stateless models: a batch of rows equals each row alone,
+and a step carries nothing to the next. A test that cannot apply to a model is not
+generated for it (decided from the kit model's signature when collecting), not skipped.
 
 Skips are part of the contract, not a way to hide failures: a test that needs a
 capability the backend does not declare (``"batch"``, ``"dtype:bf16"``...) is skipped
 with a reason naming it, and every runner test is skipped with the probe's reason when
 the backend is unavailable on this machine (a CUDA backend on a CPU-only CI runner).
 
-Tolerances are class attributes: ``atol`` (default 1e-4) for the backend's default
-configuration; ``reduced_precision_atol`` per dtype for the ``dtype:<name>`` tests. A
-quantised backend sets a looser ``atol``; ``min_top1_agreement`` bounds how often its
-greedy token may differ from the reference's over the decode steps. Slot tests compare
-the backend with itself (a sequence in company against the same sequence alone), within
-``slot_atol`` (default: ``atol``) and with identical greedy tokens.
+Tolerances are class attributes: ``atol`` (default 1e-4) bounds the max absolute logit
+difference in the backend's default configuration; ``rtol`` the relative error
+``||got - want|| / ||want||`` of a stateless step's outputs, which have the model's own
+scale rather than logits' (default: ``atol``'s number); ``reduced_precision_atol`` per
+dtype, for both, in the ``dtype:<name>`` tests. A quantised backend sets a looser ``atol``
+and ``rtol``; ``min_top1_agreement`` bounds how often its greedy token may differ from the
+reference's over the decode steps. Slot and batch tests compare the backend with itself
+(rows in company against the same rows alone), within ``slot_atol`` (default: ``atol``
+for logits, ``rtol`` for a stateless step) and with identical greedy tokens.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
+from functools import cache
 from typing import Any, ClassVar
 
 import pytest
 
 from plugstack.backend import Availability, Backend, DeviceInfo, Runner
-from plugstack.errors import GenerationError, UnsupportedOptionError
+from plugstack.errors import UnsupportedOptionError
 from plugstack.model import Model
+from plugstack.signature import StepSignature
 
+from .checks import ITEM_ROWS, applies_to, assert_close, assert_outputs_close, item_feeds, item_test, one_step, row_of
 from .driver import SlotDriver
+from .sequence_kit import SequenceTests
 from .tiny_models import KIT_MODELS
 
 __all__ = ["BackendConformance", "SlotDriver"]
 
-#: Prompts used throughout: token ids below 128 (in every kit model's vocabulary).
-PROMPT = [5, 17, 42, 99, 3, 64, 23, 80, 11, 7]
-SHORT_PROMPT = [31, 8, 120, 56]
 
-
-def _assert_close(got: Any, want: Any, atol: float, what: str) -> None:
-    import torch
-
-    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)}, expected {tuple(want.shape)}"
-    assert torch.isfinite(got).all(), f"{what}: non-finite logits"
-    diff = (got.float() - want.float()).abs().max().item()
-    assert diff <= atol, f"{what}: max |logit difference| {diff:.3g} exceeds atol {atol:g}"
-
-
-def _alone(runner: Runner, prompt: list[int], steps: int) -> tuple[list[Any], list[int]]:
-    """Logits of ``prompt`` and of ``steps`` greedy steps after it, run alone; the tokens."""
-    driver = SlotDriver(runner, 1)
-    logits = [driver.feed([prompt])]
-    tokens = []
-    for _ in range(steps):
-        tokens.append(int(logits[-1].argmax(-1)))
-        logits.append(driver.feed([[tokens[-1]]]))
-    return logits, tokens
-
-
-class BackendConformance:
+class BackendConformance(SequenceTests):
     """Inherit from this in a ``Test*`` class and override the ``backend`` fixture."""
 
     #: Max absolute logit difference from the eager fp32 reference (default configuration).
     atol: ClassVar[float] = 1e-4
-    #: Same bound for ``make_backend(dtype=...)`` runs, per reduced-precision dtype.
+    #: Max relative error of a stateless step's outputs from the reference (``None``: ``atol``).
+    rtol: ClassVar[float | None] = None
+    #: Same bounds for ``make_backend(dtype=...)`` runs, per reduced-precision dtype.
     reduced_precision_atol: ClassVar[dict[str, float]] = {"bf16": 3e-2, "fp16": 1e-2}
     #: Fraction of decode steps whose greedy token must equal the reference's.
     min_top1_agreement: ClassVar[float] = 1.0
     #: One-token steps after the prefill in the KV-cache test.
     decode_steps: ClassVar[int] = 8
-    #: Max logit difference of a sequence run among others from the same sequence alone
-    #: (``None``: ``atol``; reduced precision rounds differently in other batch shapes).
+    #: Max difference of rows run among others from the same rows alone (``None``: ``atol``,
+    #: or ``rtol`` for a stateless step; reduced precision rounds differently in other batch shapes).
     slot_atol: ClassVar[float | None] = None
+    #: The models the tests run on, each test on those it applies to: names of
+    #: :data:`KIT_MODELS`, or your own factories ``make(seed=0) -> Model`` (named functions;
+    #: each call a fresh module, the same weights for the same seed).
+    kit_models: ClassVar[tuple[str | Callable[..., Model], ...]] = tuple(sorted(KIT_MODELS))
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass that narrows ``kit_models`` loses the tests none of them applies to
+        (pytest collects no test set to ``None``), rather than skipping them."""
+        super().__init_subclass__(**kwargs)
+        if "kit_models" not in vars(cls):
+            return
+        factories = _factories(cls)  # checks the names early, at import
+        for name in [n for n in dir(cls) if n.startswith("test_")]:
+            # The test itself, also where a base class with other kit_models has dropped it.
+            test = next((vars(k)[name] for k in cls.__mro__ if vars(k).get(name) is not None), None)
+            if hasattr(test, "kit_applies"):
+                fits = any(applies_to(test, signature_of(make)) for make in factories.values())
+                setattr(cls, name, test if fits else None)
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        """Parametrize ``kit_model`` with those of ``kit_models`` this test applies to."""
+        if "kit_model" not in metafunc.fixturenames:
+            return  # a test without a model, or a subclass that brings its own
+        if hasattr(type(self), "kit_model"):
+            raise TypeError(f"{type(self).__name__} overrides the `kit_model` fixture, which the kit no longer "
+                            f"reads: set the class attribute kit_models = (...) to choose from {sorted(KIT_MODELS)}")
+        factories = _factories(type(self))
+        metafunc.parametrize("kit_model", [n for n, make in factories.items()
+                                           if applies_to(metafunc.function, signature_of(make))])
 
     # -- fixtures a backend author overrides ------------------------------------------
 
@@ -129,23 +150,18 @@ class BackendConformance:
         """Config overrides that must raise UnsupportedOptionError (at construction or prepare)."""
         return []
 
-    @pytest.fixture(params=sorted(KIT_MODELS))
-    def kit_model(self, request: pytest.FixtureRequest) -> str:
-        """Which of :data:`KIT_MODELS` the tests run (all of them by default)."""
-        return request.param
-
     # -- fixtures the kit provides -----------------------------------------------------
 
     @pytest.fixture
     def model(self, kit_model: str) -> Model:
-        return KIT_MODELS[kit_model](seed=0)
+        return _factories(type(self))[kit_model](seed=0)
 
     @pytest.fixture
     def reference(self, kit_model: str) -> Runner:
         """Eager fp32 PyTorch on the CPU, on its own copy of the same weights."""
         from plugstack.backends.eager import EagerRunner
 
-        ref = KIT_MODELS[kit_model](seed=0)
+        ref = _factories(type(self))[kit_model](seed=0)
         return EagerRunner(ref.module, ref.signature, device="cpu", dtype="fp32")
 
     @pytest.fixture
@@ -161,14 +177,30 @@ class BackendConformance:
         yield runner
         runner.close()
 
+    @pytest.fixture(autouse=True)
+    def _applies_to_your_model(self, request: pytest.FixtureRequest) -> None:
+        """With a model of your own (no ``kit_model``), a test that cannot apply to it skips."""
+        if getattr(request.function, "kit_applies", None) is None or "kit_model" in request.fixturenames:
+            return
+        sig = request.getfixturevalue("model").signature
+        if not applies_to(request.function, sig):
+            pytest.skip(f"does not apply to a model whose step has new_axis={sig.new_axis!r}")
+
     @property
-    def _slot_atol(self) -> float:
-        return self.atol if self.slot_atol is None else self.slot_atol
+    def _slot_rtol(self) -> float:
+        return next(b for b in (self.slot_atol, self.rtol, self.atol) if b is not None)
 
     @staticmethod
-    def _need(capabilities: set[str], capability: str) -> None:
-        if capability not in capabilities:
-            pytest.skip(f"backend does not declare the capability {capability!r}")
+    def _assert_step_close(sig: StepSignature, got: dict, want: dict, atol: float, rtol: float, what: str) -> None:
+        """:func:`one_step` outputs close: a sequence model's logits within ``atol``, a
+        stateless model's outputs within ``rtol`` of relative error."""
+        if sig.new_axis is None:
+            assert_outputs_close(got, want, rtol, what)
+            return
+        logits = got["logits"]
+        assert logits.device.type == "cpu", "Runner.run must return outputs on the CPU"
+        assert logits.dtype.is_floating_point
+        assert_close(logits, want["logits"], atol, f"{what} logits")
 
     # -- probe and capabilities --------------------------------------------------------
 
@@ -185,159 +217,12 @@ class BackendConformance:
         assert all(isinstance(c, str) for c in capabilities)
         assert "inference" in capabilities or "training" in capabilities, capabilities
 
-    # -- one sequence ------------------------------------------------------------------
+    # -- every model -------------------------------------------------------------------
 
-    def test_prefill_matches_reference(self, runner: Runner, reference: Runner) -> None:
-        got = SlotDriver(runner).feed([PROMPT])
-        want = SlotDriver(reference).feed([PROMPT])
-        assert got.device.type == "cpu", "Runner.run must return outputs on the CPU"
-        assert got.dtype.is_floating_point
-        _assert_close(got, want, self.atol, "prefill logits")
-
-    def test_decode_with_state_matches_reference(self, runner: Runner, reference: Runner) -> None:
-        ours, ref = SlotDriver(runner), SlotDriver(reference)
-        got, want = ours.feed([PROMPT]), ref.feed([PROMPT])
-        agree = 0
-        for step in range(self.decode_steps):
-            _assert_close(got, want, self.atol, f"logits at decode step {step}")
-            agree += int(got.argmax(-1).item() == want.argmax(-1).item())
-            # Both follow the reference's greedy path, so one slip does not derail the rest.
-            token = want.argmax(-1)
-            got, want = ours.feed(token), ref.feed(token)
-        assert ours.length() == len(PROMPT) + self.decode_steps, "state_length after prefill + decode steps"
-        assert agree >= self.min_top1_agreement * self.decode_steps, (
-            f"greedy token equal to the reference at {agree}/{self.decode_steps} steps")
-
-    def test_prefill_in_two_chunks_equals_one(self, runner: Runner) -> None:
-        driver = SlotDriver(runner, 2)  # slot 0 whole, slot 1 in two chunks
-        want = driver.feed([PROMPT], [0])
-        driver.feed([PROMPT[:6]], [1])
-        got = driver.feed([PROMPT[6:]], [1])
-        assert driver.length(1) == len(PROMPT)
-        _assert_close(got, want, self.atol, "logits after a prefill in two chunks")
-        token = [[int(want.argmax(-1))]]
-        _assert_close(driver.feed(token, [1]), driver.feed(token, [0]), self.atol, "decode after a chunked prefill")
-
-    # -- several sequences -------------------------------------------------------------
-
-    def test_rows_of_different_lengths_match_rows_alone(self, runner: Runner, capabilities: set[str]) -> None:
-        self._need(capabilities, "batch")
-        prompts, follow = [PROMPT[:7], SHORT_PROMPT], [[9, 77, 2], [101, 4, 66]]
-        batch = SlotDriver(runner, 2)
-        logits = [[batch.feed([p], [row])] for row, p in enumerate(prompts)]
-        for step in range(3):
-            out = batch.feed([[f[step]] for f in follow])
-            for row in range(2):
-                logits[row].append(out[row : row + 1])
-        for row, prompt in enumerate(prompts):
-            alone = SlotDriver(runner)
-            want = [alone.feed([prompt])] + [alone.feed([[t]]) for t in follow[row]]
-            for step, (b, a) in enumerate(zip(logits[row], want, strict=True)):
-                _assert_close(b, a, self._slot_atol, f"row {row} of a batch of 2, step {step}")
-
-    def test_chunk_on_each_rows_state_matches_rows_alone(self, runner: Runner, capabilities: set[str]) -> None:
-        """Several new tokens on each of several rows that already hold state (a chunked
-        prefill while a batch runs): the logits, and the next step, equal each row alone."""
-        self._need(capabilities, "batch")
-        prompts, chunks = [PROMPT[:7], SHORT_PROMPT], [[9, 77, 2], [101, 4, 66]]
-        batch = SlotDriver(runner, 2)
-        for row, p in enumerate(prompts):
-            batch.feed([p], [row])
-        got = [batch.feed(chunks), batch.feed([[5], [6]])]
-        assert [batch.length(0), batch.length(1)] == [7 + 3 + 1, 4 + 3 + 1], "state_length of each slot"
-        for row, prompt in enumerate(prompts):
-            alone = SlotDriver(runner)
-            alone.feed([prompt])
-            want = [alone.feed([chunks[row]]), alone.feed([[5 + row]])]
-            for step, (b, a) in enumerate(zip(got, want, strict=True)):
-                what = f"row {row} of 2, {'the 3-token chunk' if step == 0 else 'the step after it'}"
-                _assert_close(b[row : row + 1], a, self._slot_atol, what)
-
-    def test_admitted_mid_decode_each_sequence_matches_itself_alone(self, runner: Runner,
-                                                                    capabilities: set[str]) -> None:
-        self._need(capabilities, "batch")
-        first, first_tokens = _alone(runner, PROMPT, 8)
-        second, second_tokens = _alone(runner, SHORT_PROMPT, 4)
-        driver = SlotDriver(runner, 2)
-        got_first = [driver.feed([PROMPT], [0])]
-        for t in first_tokens[:4]:
-            got_first.append(driver.feed([[t]], [0]))
-        got_second = [driver.feed([SHORT_PROMPT], [1])]  # admitted while slot 0 decodes
-        for t0, t1 in zip(first_tokens[4:], second_tokens, strict=True):
-            out = driver.feed([[t0], [t1]])
-            got_first.append(out[0:1])
-            got_second.append(out[1:2])
-        for name, got, want, tokens in (("running", got_first, first, first_tokens),
-                                        ("admitted", got_second, second, second_tokens)):
-            for step, (g, w) in enumerate(zip(got, want, strict=True)):
-                _assert_close(g, w, self._slot_atol, f"the {name} sequence at step {step}")
-            greedy = [int(g.argmax(-1)) for g in got[:-1]]
-            assert greedy == tokens, f"the {name} sequence's greedy tokens differ from it alone"
-
-    def test_released_slot_is_reused_without_its_old_positions(self, runner: Runner,
-                                                               capabilities: set[str]) -> None:
-        self._need(capabilities, "batch")
-        driver = SlotDriver(runner, 2)
-        driver.feed([PROMPT], [0])
-        driver.feed([SHORT_PROMPT], [1])
-        driver.feed([[3], [4]])
-        driver.release(0)
-        assert driver.length(0) == 0 and driver.state.free_slot() == 0
-        reused = driver.feed([SHORT_PROMPT[:2]], [0])
-        _assert_close(reused, SlotDriver(runner).feed([SHORT_PROMPT[:2]]), self._slot_atol,
-                      "a short prompt in a released slot")
-        _assert_close(driver.feed([[8]], [1]), _after(runner, SHORT_PROMPT, [4, 8]), self._slot_atol,
-                      "the slot that kept running")
-
-    def test_a_step_of_some_slots_leaves_the_others_untouched(self, runner: Runner,
-                                                              capabilities: set[str]) -> None:
-        self._need(capabilities, "batch")
-        driver = SlotDriver(runner, 3)
-        for slot, p in enumerate((PROMPT[:5], SHORT_PROMPT, PROMPT[5:])):
-            driver.feed([p], [slot])
-        for t in (1, 2, 3):
-            driver.feed([[t], [t]], [0, 2])
-        assert [driver.length(s) for s in range(3)] == [8, 4, 8]
-        _assert_close(driver.feed([[9]], [1]), _after(runner, SHORT_PROMPT, [9]), self._slot_atol,
-                      "a slot after steps of the other slots")
-
-    def test_rows_may_name_their_slots_in_any_order(self, runner: Runner, capabilities: set[str]) -> None:
-        self._need(capabilities, "batch")
-        driver = SlotDriver(runner, 2)
-        for slot, prompt in enumerate((PROMPT[:6], SHORT_PROMPT)):
-            driver.feed([prompt], [slot])
-        out = driver.feed([[4], [3]], [1, 0])  # row 0 goes to slot 1, row 1 to slot 0
-        _assert_close(out[0:1], _after(runner, SHORT_PROMPT, [4]), self._slot_atol, "row 0, stepping slot 1")
-        _assert_close(out[1:2], _after(runner, PROMPT[:6], [3]), self._slot_atol, "row 1, stepping slot 0")
-        _assert_close(driver.feed([[5], [6]]), torch_cat(_after(runner, PROMPT[:6], [3, 5]),
-                                                         _after(runner, SHORT_PROMPT, [4, 6])),
-                      self._slot_atol, "the step after, in slot order")
-
-    def test_slot_errors_are_clear(self, runner: Runner) -> None:
-        driver = SlotDriver(runner, 2)
-        driver.feed([PROMPT[:3]], [0])
-        with pytest.raises(GenerationError, match="slot 5 does not exist"):
-            runner.state_length(driver.state, 5)
-        with pytest.raises(GenerationError, match="must be arrays"):
-            runner.run({"input_ids": [[1]], **_positions(runner, [[3]])}, driver.state, [0])
-        with pytest.raises(GenerationError, match="already holds a sequence"):
-            runner.admit(driver.state, 0, {"input_ids": _ids([[1]]), **_positions(runner, [[0]])})
-        with pytest.raises(GenerationError, match="distinct slot numbers"):
-            driver.feed([[1]], [5])
-        with pytest.raises(GenerationError, match="2 slots"):
-            driver.feed([[1], [2], [3]])
-
-    def test_new_state_and_state_length(self, runner: Runner) -> None:
-        driver = SlotDriver(runner, 2)
-        assert driver.length(0) == driver.length(1) == 0, "new_state must be empty"
-        logits = driver.feed([PROMPT[:5], PROMPT[5:]])
-        assert tuple(logits.shape[:1]) == (2,) and logits.dim() == 2, "logits are [rows, vocab]"
-        assert driver.length(0) == driver.length(1) == 5
-        driver.feed([[1], [2]])
-        assert driver.length(1) == 6
-        assert runner.state_length(runner.new_state(3), 2) == 0
-
-    # -- options -----------------------------------------------------------------------
+    def test_one_step_matches_reference(self, runner: Runner, reference: Runner, model: Model) -> None:
+        got, want = one_step(runner, model), one_step(reference, model)
+        rtol = self.atol if self.rtol is None else self.rtol
+        self._assert_step_close(runner.signature, got, want, self.atol, rtol, "the first step's")
 
     @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
     def test_reduced_precision_close_to_fp32_or_refused(
@@ -358,11 +243,12 @@ class BackendConformance:
         runner = make_backend(dtype=dtype).prepare(model)
         try:
             assert runner.dtype == dtype, f"runner reports dtype {runner.dtype!r}, asked for {dtype!r}"
-            got = SlotDriver(runner).feed([PROMPT])
-            assert got.dtype.is_floating_point
-            want = SlotDriver(reference).feed([PROMPT])
-            _assert_close(got, want, self.reduced_precision_atol[dtype], f"{dtype} prefill logits")
-            assert got.argmax(-1).item() == want.argmax(-1).item(), f"{dtype} changes the greedy token"
+            got, want = one_step(runner, model), one_step(reference, model)
+            bound = self.reduced_precision_atol[dtype]
+            self._assert_step_close(runner.signature, got, want, bound, bound, f"the {dtype} first step's")
+            if runner.signature.new_axis is not None:
+                assert got["logits"].argmax(-1).item() == want["logits"].argmax(-1).item(), (
+                    f"{dtype} changes the greedy token")
         finally:
             runner.close()
 
@@ -381,7 +267,7 @@ class BackendConformance:
 
         before = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
         runner = backend.prepare(model)
-        SlotDriver(runner).feed([PROMPT])
+        one_step(runner, model)
         runner.close()
         after = model.module.state_dict()
         assert after.keys() == before.keys()
@@ -394,28 +280,46 @@ class BackendConformance:
         runner.close()
         runner.close()
 
+    # -- stateless models --------------------------------------------------------------
 
-def _ids(rows: list[list[int]]) -> Any:
-    import torch
+    @item_test
+    def test_rows_of_a_batch_match_rows_alone(self, runner: Runner, model: Model, capabilities: set[str]) -> None:
+        self._need(capabilities, "batch")
+        sig, feeds = runner.signature, item_feeds(model)
+        together = runner.run(feeds).outputs
+        for row in range(ITEM_ROWS):
+            alone = runner.run(row_of(sig, feeds, row)).outputs
+            assert_outputs_close(row_of(sig, together, row), alone, self._slot_rtol,
+                                 f"row {row} of a batch of {ITEM_ROWS} against it alone")
 
-    return torch.tensor(rows, dtype=torch.int64)
+    @item_test
+    def test_a_step_carries_nothing_to_the_next(self, runner: Runner, model: Model) -> None:
+        """A stateless step depends on its inputs only: after another step in the same
+        state's slots it equals itself on a fresh state; ``state_length`` counts steps."""
+        state = runner.new_state(ITEM_ROWS)
+        runner.run(item_feeds(model, seed=1), state)
+        later = runner.run(item_feeds(model), state).outputs
+        assert_outputs_close(later, runner.run(item_feeds(model)).outputs, self._slot_rtol,
+                             "a step after another, against it on a fresh state")
+        assert [runner.state_length(state, s) for s in range(ITEM_ROWS)] == [2] * ITEM_ROWS, (
+            "state_length of a step without new_axis counts the steps taken")
 
 
-def _positions(runner: Runner, rows: list[list[int]]) -> dict[str, Any]:
-    name = runner.signature.positions
-    return {name: _ids(rows)} if name else {}
-
-
-def torch_cat(*parts: Any) -> Any:
-    import torch
-
-    return torch.cat(parts)
-
-
-def _after(runner: Runner, prompt: list[int], tokens: list[int]) -> Any:
-    """The logits after ``prompt`` then ``tokens`` one by one, run alone."""
-    driver = SlotDriver(runner)
-    out = driver.feed([prompt])
-    for t in tokens:
-        out = driver.feed([[t]])
+def _factories(cls: type) -> dict[str, Callable[..., Model]]:
+    """``cls.kit_models`` by test id: a kit model's name, or a factory's ``__name__``."""
+    out: dict[str, Callable[..., Model]] = {}
+    for entry in cls.kit_models:
+        if isinstance(entry, str) and entry not in KIT_MODELS:
+            raise ValueError(f"{cls.__name__}.kit_models names {entry!r}; the kit models are {sorted(KIT_MODELS)}, "
+                             f"or give a factory make(seed=0) -> Model")
+        name = entry if isinstance(entry, str) else getattr(entry, "__name__", "")
+        if not name or name in out or name == "<lambda>":
+            raise ValueError(f"{cls.__name__}.kit_models: give each factory a distinct name (a def), not {entry!r}")
+        out[name] = KIT_MODELS[entry] if isinstance(entry, str) else entry
     return out
+
+
+@cache
+def signature_of(make: Callable[..., Model]) -> StepSignature:
+    """The step signature of the models ``make`` builds (built once: read while collecting)."""
+    return make(seed=0).signature

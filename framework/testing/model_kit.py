@@ -9,20 +9,23 @@
 
     class TestMyModel(ModelConformance):
         @pytest.fixture(scope="class")
-        def config(self):
+        @classmethod
+        def config(cls):
             return MyModelConfig(size="tiny")       # what the plugin is configured with
 
         @pytest.fixture(scope="class")
-        def model(self, config):
+        @classmethod
+        def model(cls, config):
             return load(config)                      # a plugstack.Model
 
 What is checked: the declared step signature matches what the module really returns
 (names, shapes, dtypes, how state grows); the step runs on the ``cpu`` and ``onnx``
 backends with agreeing outputs (``onnx`` with the model's own graph builder where it
 offers one, see ``plugstack.builders``); state round-trips (a prompt in two chunks equals
-it whole, a released and re-admitted slot equals a fresh one); the tokenizer round-trips;
-the config round-trips through Hydra's structured configs. A model without a tokenizer or
-a config skips those tests, saying why.
+it whole, a released and re-admitted slot equals a fresh one; a stateless step, such as a
+denoiser's, carries nothing from one step to the next and treats each row on its own);
+the tokenizer round-trips; the config round-trips through Hydra's structured configs. A
+model without a tokenizer or a config skips those tests, saying why.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ import pytest
 from plugstack.compare import example_inputs
 from plugstack.model import Model
 from plugstack.signature import FLOAT
+
+from .checks import row_of
 
 __all__ = ["ModelConformance"]
 
@@ -55,17 +60,20 @@ class ModelConformance:
     sample_texts: ClassVar[list[str]] = SAMPLE_TEXTS
 
     @pytest.fixture(scope="class")
-    def model(self) -> Model:
+    @classmethod
+    def model(cls) -> Model:
         """The model under test. Override this."""
         pytest.fail("override the `model` fixture in your ModelConformance subclass")
 
     @pytest.fixture(scope="class")
-    def config(self) -> Any:
+    @classmethod
+    def config(cls) -> Any:
         """The plugin's config dataclass instance the model was loaded with (``None``: skip)."""
         return None
 
     @pytest.fixture(scope="class")
-    def onnx_cache(self, tmp_path_factory: pytest.TempPathFactory) -> str:
+    @classmethod
+    def onnx_cache(cls, tmp_path_factory: pytest.TempPathFactory) -> str:
         return str(tmp_path_factory.mktemp("model-kit-onnx"))
 
     # -- the signature -----------------------------------------------------------------
@@ -121,13 +129,16 @@ class ModelConformance:
     # -- state -------------------------------------------------------------------------
 
     def test_state_round_trips(self, model: Model) -> None:
+        """A prompt in two chunks equals it whole, a re-admitted slot a fresh one; a step that
+        is one whole item (no ``new_axis``) carries nothing: see :func:`_check_stateless_step`."""
         from plugstack.backends.eager import EagerRunner
         from plugstack.compare import example_feeds
 
         sig = model.signature
-        if sig.new_axis is None:
-            pytest.skip("a step of this model is one whole item: no sequence to split or resume")
         runner = EagerRunner(copy.deepcopy(model.module), sig)
+        if sig.new_axis is None:
+            _check_stateless_step(runner, model, self.tolerance)
+            return
         whole = example_feeds(model, 1, 6, [0])
         first, second = _split(sig, whole, 4)
         state = runner.new_state(2)
@@ -178,6 +189,22 @@ def _check_tensor(spec: Any, value: Any, dims: dict[str, int], model: Model) -> 
             pytest.fail(f"{spec.name}: dimension {dim!r} is {size} here and {dims[dim]} elsewhere")
     want = next(model.module.parameters()).dtype if spec.dtype == FLOAT else getattr(torch, spec.dtype)
     assert value.dtype == want, f"{spec.name}: dtype {value.dtype}, the signature declares {spec.dtype}"
+
+
+def _check_stateless_step(runner: Any, model: Model, tolerance: float) -> None:
+    """A stateless step is a function of each row's own inputs: the same inputs give the same
+    outputs after another step (no hidden buffers, no randomness), and each row of a batch
+    equals that row alone (what lets backends batch rows, e.g. a guided denoiser's two branches)."""
+    from plugstack.compare import example_feeds
+
+    feeds, other = example_feeds(model, 2, 1, [0, 0]), example_feeds(model, 2, 1, [0, 0])
+    want = runner.run(feeds).outputs
+    runner.run(other)
+    _assert_outputs_close(runner.run(feeds).outputs, want, tolerance, "the same step again after another one")
+    for row in range(2):
+        alone = runner.run(row_of(model.signature, feeds, row)).outputs
+        _assert_outputs_close(alone, row_of(model.signature, want, row), tolerance,
+                              f"row {row} of a batch of 2 against it alone")
 
 
 def _split(sig: Any, feeds: dict[str, Any], at: int) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -1,11 +1,13 @@
 """Tiny, randomly initialised models for tests: real architectures that run in milliseconds.
 
-Two shapes, so a kit run on both proves a backend runs *any* model, not one family:
+Three shapes, so a kit run on all proves a backend runs *any* model, not one family:
 
 * :func:`tiny_decoder_model`: the Llama plugin's decoder (attention, a growing KV cache
   with a mask and positions, and the plugin's own ONNX graph builder);
 * :func:`tiny_recurrent_model`: a byte-level recurrent language model (a fixed-size state
-  vector, no mask, no positions, no builder: every backend runs it on its generic path).
+  vector, no mask, no positions, no builder: every backend runs it on its generic path);
+* :func:`tiny_denoiser_model`: a conditional conv denoiser, a diffusion model's step (no
+  state at all, float image inputs, classifier-free guidance inside the step; generic path).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any
 
 from plugstack.model import Model
 
-__all__ = ["KIT_MODELS", "ByteTokenizer", "tiny_decoder_model", "tiny_llama_config", "tiny_recurrent_model"]
+__all__ = ["KIT_MODELS", "ByteTokenizer", "tiny_decoder_model", "tiny_denoiser_model",
+           "tiny_llama_config", "tiny_recurrent_model"]
 
 
 def tiny_llama_config(*, vocab_size: int = 128, context_length: int = 64) -> Any:
@@ -80,10 +83,24 @@ def tiny_recurrent_model(seed: int = 0) -> Model:
     )
 
 
-#: The models the backend kit runs, by the name its ``kit_model`` fixture takes.
+def tiny_denoiser_model(seed: int = 0) -> Model:
+    """A conditional denoiser of 8x8 one-channel images captioned by 4 word ids (see
+    :class:`~plugstack.testing.denoiser.TinyDenoiser`), with random weights."""
+    from .denoiser import TinyDenoiser
+
+    module = TinyDenoiser(seed=seed).eval()
+    return Model(
+        name=f"tiny-denoiser-seed{seed}", kind="denoiser", module=module, signature=module.signature(),
+        example_inputs=module.example_inputs, tokenizer=None, weights_digest=_digest(module, "denoiser"),
+        source=f"random init (seed {seed})", info={"size": module.size, "caption_length": module.caption_length},
+    )
+
+
+#: The models the backend kit runs, by the name its ``kit_model`` parameter takes.
 KIT_MODELS: dict[str, Callable[..., Model]] = {
     "tiny-llama": tiny_decoder_model,
     "tiny-recurrent": tiny_recurrent_model,
+    "tiny-denoiser": tiny_denoiser_model,
 }
 
 

@@ -56,6 +56,9 @@ class TestCpuBf16(BackendConformance):
 class TestCpuInt8(BackendConformance):
     # Dynamic int8 on every Linear: ~1e-2 logit error on the tiny model (logit spread ~0.2).
     atol = 5e-2
+    # The denoiser's noise: relative error 0.031 (worst of 20 seeded examples 0.032), and a
+    # batch 0.020 from its rows alone (activations are scaled per batch).
+    rtol = 0.1
     min_top1_agreement = 0.875  # 7 of 8 greedy tokens (all 8 agree for this seed today)
 
     @pytest.fixture
@@ -115,11 +118,9 @@ class TestStaticCacheGenericOnCpu(BackendConformance):
 
 class TestStaticCacheGraphStandInOnCpu(BackendConformance):
     """cuda_graphs=true path: static input tensors and one live state per number of slots.
-    (Graphs replay the static KV cache: a model with fixed-size state is refused, see test_cuda.py.)"""
+    (Graphs replay the static KV cache: a model with other state is refused, see test_cuda.py.)"""
 
-    @pytest.fixture(params=["tiny-llama"])
-    def kit_model(self, request):
-        return request.param
+    kit_models = ("tiny-llama",)
 
     @pytest.fixture
     def backend(self):

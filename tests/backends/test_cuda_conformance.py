@@ -16,6 +16,9 @@ def make_cuda(**overrides) -> CudaBackend:
 
 class TestCudaFp32StaticCache(BackendConformance):
     atol = 1e-3  # GPU kernels reduce in another order than the CPU reference
+    # cuDNN convolutions run in TF32 by default: the denoiser's noise is 4e-4 (convolutions)
+    # to 7e-4 (and the Linears) off in relative error, emulating TF32's rounding on the CPU.
+    rtol = 3e-3
 
     @pytest.fixture
     def backend(self):
@@ -32,6 +35,7 @@ class TestCudaFp32StaticCache(BackendConformance):
 
 class TestCudaFp32Graphs(BackendConformance):
     atol = 1e-3
+    kit_models = ("tiny-llama",)  # graphs replay the static KV cache: other state is refused
 
     @pytest.fixture
     def backend(self):
@@ -40,6 +44,7 @@ class TestCudaFp32Graphs(BackendConformance):
 
 class TestCudaFp16Graphs(BackendConformance):
     atol = 1e-2  # fp16 against the fp32 reference
+    kit_models = ("tiny-llama",)
 
     @pytest.fixture
     def backend(self):
