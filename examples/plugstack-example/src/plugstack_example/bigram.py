@@ -85,8 +85,33 @@ def load(cfg: Any) -> plugstack.Model:
                                        f"give a text file to count byte pairs from.") from None
     if not text.strip():
         raise plugstack.ModelLoadError(f"model.corpus={str(path)!r} is empty: give a text file with some text in it.")
-    module = Bigram(count(text, cfg.smoothing)).eval()
+    trained = load_weights(cfg.weights) if cfg.weights else None
+    module = Bigram(count(text, cfg.smoothing) if trained is None else trained).eval()
     digest = module_digest(module, extra="bigram")
+
+    def trainable() -> plugstack.Trainable:  # what app=train trains: from uniform, or on from model.weights
+        from .training import BigramTrainable
+
+        return BigramTrainable(text, trained, source=str(path))
+
     return plugstack.Model(name="bigram", kind="decoder", module=module, signature=module.signature(),
                            example_inputs=module.example_inputs, tokenizer=ByteTokenizer(), weights_digest=digest,
-                           source=str(path), info={"corpus_bytes": len(text)})
+                           source=str(cfg.weights or path), info={"corpus_bytes": len(text)},
+                           offers={"train": trainable})
+
+
+def load_weights(weights: str) -> torch.Tensor:
+    """The ``table.weight`` of a ``model.safetensors`` that ``app=train`` wrote."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(weights).expanduser()
+    try:
+        table = load_file(str(path)).get("table.weight")
+    except (OSError, SafetensorError) as exc:
+        raise plugstack.ModelLoadError(f"model.weights={weights!r} cannot be read as safetensors ({exc}): give the "
+                                       f"model.safetensors that app=train wrote for model=bigram.") from None
+    if table is None or tuple(table.shape) != (VOCAB, VOCAB):
+        raise plugstack.ModelLoadError(f"model.weights={weights!r} holds no [{VOCAB}, {VOCAB}] 'table.weight': give "
+                                       f"the model.safetensors that app=train wrote for model=bigram.")
+    return table.float()

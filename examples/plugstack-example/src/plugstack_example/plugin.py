@@ -32,6 +32,8 @@ class BigramConfig:
     corpus: Optional[str] = None
     #: Added to every pair's count, so pairs the text never shows keep some probability.
     smoothing: float = 0.0001
+    #: A model.safetensors that `app=train` wrote for this model; null = count the corpus.
+    weights: Optional[str] = None
 
 
 @dataclass
