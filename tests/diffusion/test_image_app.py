@@ -56,14 +56,14 @@ def test_the_same_seed_gives_the_same_images_and_another_seed_others(first_run):
     assert all(a != b for a, b in zip((Path(p).read_bytes() for p in other.stdout.split()[:4]), first, strict=True))
 
 
-def test_cpu_and_onnx_give_the_same_images_within_tolerance(tmp_path):
+def test_cpu_and_onnx_give_the_same_images_within_tolerance(digits_onnx_cache):
     import plugstack
     from plugstack.plugins.diffusion.loader import load
 
     model = load()
     sampler = model.offers["image"]
     images = {}
-    for name, options in (("cpu", {}), ("onnx", {"cache_dir": str(tmp_path), "threads": 1})):
+    for name, options in (("cpu", {}), ("onnx", {"cache_dir": digits_onnx_cache, "threads": 1})):
         runner = plugstack.create_backend(name, **options).prepare(model)
         images[name] = sampler.sample(runner, PROMPT, num_images=8, seed=3, steps=25, guidance=3.0)
         runner.close()

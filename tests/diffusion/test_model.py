@@ -14,12 +14,19 @@ class TestDigitsDiffusion(ModelConformance):
     """The shipped model, as users get it."""
 
     @pytest.fixture(scope="class")
-    def config(self):
+    @classmethod
+    def config(cls):
         return DigitsDiffusionConfig()
 
     @pytest.fixture(scope="class")
-    def model(self, config):
+    @classmethod
+    def model(cls, config):
         return load(config)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def onnx_cache(cls, digits_onnx_cache):
+        return digits_onnx_cache
 
 
 def test_the_model_declares_a_stateless_guided_step_and_offers_train_and_image():
