@@ -243,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_choices(_overrides(argv))
             if "--help" in argv or "-h" in argv:
                 return _help(argv)
+        except BrokenPipeError:
+            raise  # a reader that closed the pipe (`| head`): entry_point exits 141 quietly
         except Exception as exc:
             return _failure(exc)
         return _run_hydra(argv)

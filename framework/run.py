@@ -187,6 +187,19 @@ def _plain(cfg: DictConfig) -> Any:
         return OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
 
 
+#: Config keys whose values a run record never holds (run.json is as readable as any result).
+SECRET_KEYS = ("api_key", "password", "secret")
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with every secret-named key's value replaced by ``"***"``."""
+    if isinstance(value, dict):
+        return {k: "***" if str(k).endswith(SECRET_KEYS) and v is not None else _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
+
+
 def _write_run_record(output_dir: Path, cfg: DictConfig, run_id: str, code: int, seconds: float,
                       ran: str | None) -> None:
     """``run.json``: what ran, with what and how it ended — every run dir describes itself."""
@@ -199,7 +212,7 @@ def _write_run_record(output_dir: Path, cfg: DictConfig, run_id: str, code: int,
         "seconds": round(seconds, 3),
         "choices": {g: str(cfg[g].name) for g in ("app", "model", "backend")},
         "backend_ran": ran or str(cfg.backend.name),  # auto names its choice
-        "config": _plain(cfg),
+        "config": _redacted(_plain(cfg)),
     }
     try:
         atomic_write(output_dir / "run.json", json.dumps(record, indent=2, default=str))

@@ -77,6 +77,11 @@ class Trainable(ABC):
             total, count = total + float(loss), count + 1
         return {"eval_loss": total / count if count else float(torch.nan)}
 
+    def usage(self, weights: str) -> str | None:
+        """How a person uses the trained ``weights`` file (a command line), printed when
+        training ends; ``None``: the app says how to load the tensors instead."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable facts stored beside each checkpoint (architecture, data)."""
         return {}

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import sys
+
 import pytest
 
 
@@ -68,3 +72,48 @@ def tiny_model_dir(tmp_path_factory):
     )
     transformers.LlamaForCausalLM(config).save_pretrained(out)
     return out
+
+
+@pytest.fixture
+def cli_in_process(monkeypatch, capfd):
+    """``with cli_in_process(env) as run: run(argv)`` runs ``plugstack ARGV`` in this process
+    and returns a :class:`badinput.Result`: the CLI's own code from the argument list to the
+    exit code, without a fresh interpreter (a second instead of several). ``env`` is set for
+    the block (``PYTHONPATH`` entries join ``sys.path``; plugins are discovered afresh)."""
+    from badinput import Result
+
+    from plugstack.cli import main
+    from plugstack.registry import reset_registry
+
+    @contextlib.contextmanager
+    def session(env=None):
+        for key, value in (env or {}).items():
+            if key == "PYTHONPATH":
+                monkeypatch.syspath_prepend(value)
+            else:
+                monkeypatch.setenv(key, value)
+        reset_registry()  # discover with this environment's plugins
+
+        def run(argv):
+            root = logging.getLogger()
+            handlers, level = list(root.handlers), root.level
+            threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
+            capfd.readouterr()
+            try:
+                code = main(list(argv))
+            finally:  # Hydra's handlers write to this test's captured stderr: none may outlive it
+                for handler in root.handlers:
+                    if handler not in handlers:
+                        handler.close()
+                root.handlers[:], root.level = handlers, level
+                if threads is not None:  # backend.threads sets torch's process-wide count
+                    sys.modules["torch"].set_num_threads(threads)
+            out, err = capfd.readouterr()
+            return Result(code, out, err)
+
+        try:
+            yield run
+        finally:
+            reset_registry()  # later tests discover without it
+
+    return session

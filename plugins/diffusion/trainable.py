@@ -80,5 +80,9 @@ class DiffusionTrainable(Trainable):
                   for x, y in self.batches("eval", batch_size=batch_size, seed=seed)]
         return {"eval_loss": sum(losses) / len(losses)}
 
+    def usage(self, weights: str) -> str:
+        shape = "" if self.facts.get("channels") == [16, 32, 64] else f" 'model.channels={self.facts.get('channels')}'"
+        return f'plugstack app=image model=digits-diffusion model.weights={weights}{shape} "a bold seven"'
+
     def describe(self) -> dict[str, Any]:
         return {**self.facts, "train_images": len(self.train_data.images), "eval_images": len(self.eval_data.images)}

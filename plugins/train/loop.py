@@ -290,9 +290,9 @@ class Trainer:
         final = self.tdir.path / "model.safetensors"
         save_module(module, final, meta)
         self._plot()
-        self._report(final, step)
+        self._report(final, step, trainable.usage(str(final)))
 
-    def _report(self, final: Any, step: int) -> None:
+    def _report(self, final: Any, step: int, usage: str | None = None) -> None:
         last = self.history["train"][-1] if self.history["train"] else {}
         evals = self.history["eval"][-1] if self.history["eval"] else {}
         self.log.info("train.done", step=step, loss=last.get("loss"), path=str(final),
@@ -301,8 +301,11 @@ class Trainer:
                           if k != "step" and isinstance(v, float))
         out = self.ctx.stdout
         print(f"Trained {self.model_name} to step {step} ({shown}): {final}", file=out)
-        print("  its tensors are the trainable module's state_dict: safetensors.torch.load_file(path), then "
-              "module.load_state_dict(...); the file's metadata holds the training config", file=out)
+        if usage:
+            print(f"  use it: {usage}", file=out)
+        else:
+            print("  its tensors are the trainable module's state_dict: safetensors.torch.load_file(path), then "
+                  "module.load_state_dict(...); the file's metadata holds the training config", file=out)
         print(f"  train longer: rerun this command with a larger app.steps (checkpoints in {self.tdir.checkpoints}; "
               f"metrics.csv and loss.png in {self.tdir.path})", file=out)
         out.flush()

@@ -15,9 +15,17 @@ PROMPT = "a bold seven leaning right"
 CPU_ONNX_TOLERANCE = 2e-3
 
 
-def _image(tmp_path: Path, *args: str, backend: str = "cpu"):
-    return run(["app=image", "model=digits-diffusion", f"backend={backend}", *args],
-               env={"PLUGSTACK_OUTPUTS": str(tmp_path / "outputs"), "PLUGSTACK_HOME": str(tmp_path / "home")})
+def _argv(*args: str) -> list[str]:
+    return ["app=image", "model=digits-diffusion", "backend=cpu", "backend.threads=1", *args]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {"PLUGSTACK_OUTPUTS": str(tmp_path / "outputs"), "PLUGSTACK_HOME": str(tmp_path / "home")}
+
+
+def _image(tmp_path: Path, *args: str):
+    """A run in a fresh process, as a user's."""
+    return run(_argv(*args), env=_env(tmp_path))
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +53,11 @@ def test_a_run_writes_one_png_per_image_a_grid_and_a_record(first_run):
     assert json.loads((run_dir / "run.json").read_text())["config"]["app"]["seed"] == 0
 
 
-def test_the_same_seed_gives_the_same_images_and_another_seed_others(first_run):
+def test_the_same_seed_gives_the_same_images_and_another_seed_others(first_run, cli_in_process):
     tmp, result = first_run
-    again = _image(tmp, PROMPT, "app.num_images=4", "app.seed=0")
-    other = _image(tmp, PROMPT, "app.num_images=4", "app.seed=1")
+    with cli_in_process(_env(tmp)) as cli:
+        again = cli(_argv(PROMPT, "app.num_images=4", "app.seed=0"))
+        other = cli(_argv(PROMPT, "app.num_images=4", "app.seed=1"))
     check(again, 0)
     check(other, 0)
     first = [Path(p).read_bytes() for p in result.stdout.split()[:4]]
@@ -81,13 +90,14 @@ def test_cpu_and_onnx_give_the_same_images_within_tolerance(digits_onnx_cache):
     ([], ["needs a prompt"]),
     ([PROMPT, "model.weights=/nonexistent/model.safetensors"], ["no file at /nonexistent/model.safetensors"]),
 ])
-def test_bad_input_is_a_clear_error_and_writes_no_image(tmp_path, args, says):
-    result = _image(tmp_path, *args)
+def test_bad_input_is_a_clear_error_and_writes_no_image(tmp_path, cli_in_process, args, says):
+    with cli_in_process(_env(tmp_path)) as cli:
+        result = cli(_argv(*args))
     check(result, 2, says)
     assert not list((tmp_path / "outputs").rglob("*.png"))
 
 
-def test_a_model_that_makes_no_images_says_so(tmp_path):
-    result = run(["app=image", "model=bigram", "backend=cpu", "a bold seven"],
-                 env={"PLUGSTACK_OUTPUTS": str(tmp_path / "outputs")})
+def test_a_model_that_makes_no_images_says_so(tmp_path, cli_in_process):
+    with cli_in_process(_env(tmp_path)) as cli:
+        result = cli(["app=image", "model=bigram", "backend=cpu", "a bold seven"])
     check(result, 2, ["makes no images", "model=digits-diffusion"])

@@ -3,9 +3,7 @@ the environment every run gets, and one uninterrupted reference training."""
 
 from __future__ import annotations
 
-import logging
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -40,37 +38,8 @@ def reference(tmp_path_factory, train_env) -> Path:
 
 
 @pytest.fixture
-def plugstack_cli(train_env, monkeypatch, capfd):
-    """``plugstack ARGV`` run in this process, as a :class:`badinput.Result`: the CLI's own
-    code from the argument list to the exit code, without a fresh interpreter — for runs
-    that are refused before torch would be imported (a second each instead of several)."""
-    from badinput import Result
-
-    from plugstack.cli import main
-    from plugstack.registry import reset_registry
-
-    monkeypatch.syspath_prepend(train_env["PYTHONPATH"])
-    for key, value in train_env.items():
-        if key != "PYTHONPATH":
-            monkeypatch.setenv(key, value)
-    reset_registry()  # discover the test plugin too
-
-    def run(argv: list[str]) -> Result:
-        root = logging.getLogger()
-        handlers, level = list(root.handlers), root.level
-        threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
-        capfd.readouterr()
-        try:
-            code = main(list(argv))
-        finally:  # Hydra's handlers write to this test's captured stderr: none may outlive it
-            for handler in root.handlers:
-                if handler not in handlers:
-                    handler.close()
-            root.handlers[:], root.level = handlers, level
-            if threads is not None:  # backend.threads sets torch's process-wide count
-                sys.modules["torch"].set_num_threads(threads)
-        out, err = capfd.readouterr()
-        return Result(code, out, err)
-
-    yield run
-    reset_registry()  # later tests discover without it
+def plugstack_cli(train_env, cli_in_process):
+    """``plugstack ARGV`` in this process with the test plugin discoverable (see
+    ``cli_in_process``): for runs refused before torch would be imported."""
+    with cli_in_process(train_env) as run:
+        yield run

@@ -1,0 +1,5 @@
+"""``python -m plugstack`` (and ``torchrun --nproc_per_node N -m plugstack app=train ...``)."""
+
+from .cli import entry_point
+
+entry_point()
