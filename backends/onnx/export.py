@@ -13,6 +13,7 @@ import copy
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import structlog
@@ -115,9 +116,12 @@ def export_step(model: Model, path: Path, *, opset: int, dtype: str = "fp32") ->
     # The exporter's graph passes log every rewrite at INFO; keep the user's console readable.
     for name in ("onnx_ir", "onnxscript", "torch.onnx"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # "torchvision is not installed. Skipping torchvision::nms" (x4) is about ops no plugstack model uses.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     log.info("onnx.export.start", model=model.name, opset=opset, dtype=dtype, untied_parameters=untied)
     start = time.perf_counter()
-    with _progress(f"exporting {model.name} to ONNX (opset {opset}, {dtype})"):
+    with _progress(f"exporting {model.name} to ONNX (opset {opset}, {dtype})"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)  # torch's own deprecations inside export
         try:
             program = torch.onnx.export(
                 module,

@@ -82,7 +82,7 @@ def plot_loss(path: Path, train: Sequence[Mapping[str, Any]], evals: Sequence[Ma
     ax.plot(steps, losses, lw=0.8, alpha=0.5 if len(train) > 50 else 1.0, label="train loss")
     if len(train) > 50:  # the noisy per-step curve, and its trend
         span = max(5, len(train) // 20)
-        ax.plot(steps, _ema(losses, span), lw=1.6, color="C0", label=f"train loss (EMA, span {span})")
+        ax.plot(steps, _centred_mean(losses, span), lw=1.6, color="C0", label=f"train loss (mean of {span} steps)")
     points = [(r["step"], r["eval_loss"]) for r in evals if isinstance(r.get("eval_loss"), (int, float))]
     if points:
         ax.plot(*zip(*points, strict=True), "o-", color="C1", label="eval loss")
@@ -97,9 +97,17 @@ def plot_loss(path: Path, train: Sequence[Mapping[str, Any]], evals: Sequence[Ma
         fig.savefig(f, format="png")
 
 
-def _ema(values: Sequence[float], span: int) -> list[float]:
-    alpha, out, level = 2 / (span + 1), [], values[0]
-    for v in values:
-        level = alpha * v + (1 - alpha) * level
-        out.append(level)
-    return out
+def _centred_mean(values: Sequence[float], span: int) -> list[float]:
+    """Mean over a window centred on each step (shrunk at the ends): a trend that does not
+    lag behind the fast early fall the way a trailing average does."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=np.float64)
+    v[~np.isfinite(v)] = np.nan
+    half = span // 2
+    sums = np.concatenate([[0.0], np.nancumsum(v)])
+    counts = np.concatenate([[0], np.cumsum(np.isfinite(v))])
+    lo = np.clip(np.arange(len(v)) - half, 0, len(v))
+    hi = np.clip(np.arange(len(v)) + half + 1, 0, len(v))
+    n = counts[hi] - counts[lo]
+    return np.where(n > 0, (sums[hi] - sums[lo]) / np.maximum(n, 1), np.nan).tolist()
