@@ -46,7 +46,9 @@ __all__ = [
 log = structlog.get_logger("plugstack.files")
 
 _UMASK = os.umask(0)
-os.umask(_UMASK)  # read once: umask can only be read by setting it
+os.umask(_UMASK)  # read once, at import (umask can only be read by setting it)
+#: The mode of files plugstack writes: what ``open()`` would give (0666 less the umask).
+FILE_MODE = 0o666 & ~_UMASK
 #: Read size for hashing large files.
 _CHUNK = 1 << 22
 #: A leftover whose owner cannot be checked (another host, a reused pid, an old name) is
@@ -88,7 +90,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would make results private to their writer
+    os.fchmod(fd, FILE_MODE)  # mkstemp's 0600 would make results private to their writer
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f

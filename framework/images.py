@@ -29,6 +29,11 @@ class ImageSampler(ABC):
     default_steps: int = 50
     #: Classifier-free guidance scale when the caller gives none (0: unconditional).
     default_guidance: float = 1.0
+    #: Most denoising steps the sampler can take (``None``: no limit); callers check first.
+    max_steps: int | None = None
+    #: ``(height, width)`` of one image, so a caller can bound what it will write before
+    #: any work (``None``: unknown until the first image).
+    image_shape: tuple[int, int] | None = None
 
     @abstractmethod
     def check_prompt(self, prompt: str) -> None:

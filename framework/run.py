@@ -29,7 +29,7 @@ from .errors import BackendUnavailableError, PlugstackError, StorageError, Termi
 from .files import STORAGE_ERRNOS, atomic_write
 from .registry import Registry, get_registry
 
-__all__ = ["environment_error", "execute", "exit_code", "group_config"]
+__all__ = ["environment_error", "execute", "exit_code", "group_config", "redacted"]
 
 log = structlog.get_logger("plugstack.run")
 
@@ -191,12 +191,12 @@ def _plain(cfg: DictConfig) -> Any:
 SECRET_KEYS = ("api_key", "password", "secret")
 
 
-def _redacted(value: Any) -> Any:
+def redacted(value: Any) -> Any:
     """``value`` with every secret-named key's value replaced by ``"***"``."""
     if isinstance(value, dict):
-        return {k: "***" if str(k).endswith(SECRET_KEYS) and v is not None else _redacted(v) for k, v in value.items()}
+        return {k: "***" if str(k).endswith(SECRET_KEYS) and v is not None else redacted(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_redacted(v) for v in value]
+        return [redacted(v) for v in value]
     return value
 
 
@@ -212,7 +212,7 @@ def _write_run_record(output_dir: Path, cfg: DictConfig, run_id: str, code: int,
         "seconds": round(seconds, 3),
         "choices": {g: str(cfg[g].name) for g in ("app", "model", "backend")},
         "backend_ran": ran or str(cfg.backend.name),  # auto names its choice
-        "config": _redacted(_plain(cfg)),
+        "config": redacted(_plain(cfg)),
     }
     try:
         atomic_write(output_dir / "run.json", json.dumps(record, indent=2, default=str))

@@ -27,7 +27,7 @@ from .unet import GuidedDenoiser, UNet
 
 __all__ = ["SHIPPED", "build_unet", "load", "signature"]
 
-#: The checkpoint in the package, trained with app=train (README, "A diffusion model").
+#: The checkpoint in the package, trained with app=train (README, "Training: app=train").
 SHIPPED = "weights/digits-diffusion.safetensors"
 
 
@@ -60,6 +60,10 @@ def check(cfg: Any) -> None:
         raise ConfigError(f"model.timesteps={cfg.timesteps} must be at least 2.")
     if not 0 <= float(cfg.caption_dropout) < 1:
         raise ConfigError(f"model.caption_dropout={cfg.caption_dropout} must be in [0, 1).")
+    if not 1 <= int(cfg.sample_steps) <= int(cfg.timesteps):
+        raise ConfigError(f"model.sample_steps={cfg.sample_steps} must be 1 to model.timesteps ({cfg.timesteps}).")
+    if not float(cfg.guidance) >= 0 or float(cfg.guidance) == float("inf"):
+        raise ConfigError(f"model.guidance={cfg.guidance} must be a finite scale >= 0 (0 ignores the prompt).")
 
 
 def load(cfg: Any = None) -> Model:
@@ -67,12 +71,12 @@ def load(cfg: Any = None) -> Model:
     with torch.random.fork_rng():  # the initial weights follow model.seed, and the caller's RNG is left alone
         torch.manual_seed(int(cfg.seed))
         unet = build_unet(cfg)
-    source = _load_weights(unet, str(cfg.weights), int(cfg.seed))
-    step = GuidedDenoiser(unet).eval()
     size = int(cfg.size)
-    abar = alphas_cumprod(int(cfg.timesteps))
-    facts = {"size": size, "channels": list(cfg.channels), "text_width": int(cfg.text_width),
+    facts = {"size": size, "channels": [int(c) for c in cfg.channels], "text_width": int(cfg.text_width),
              "timesteps": int(cfg.timesteps), "parameters": sum(p.numel() for p in unet.parameters())}
+    source = _load_weights(unet, str(cfg.weights), int(cfg.seed), facts)
+    step = GuidedDenoiser(unet).eval()
+    abar = alphas_cumprod(int(cfg.timesteps))
 
     def trainable() -> Any:
         from .data import load_data
@@ -91,23 +95,44 @@ def load(cfg: Any = None) -> Model:
                  source=source, info=facts, offers={"train": trainable, "image": sampler})
 
 
-def _load_weights(unet: UNet, weights: str, seed: int) -> str:
+def _check_trained_as(path: Path, metadata: dict[str, str], facts: dict[str, Any]) -> None:
+    """Refuse weights app=train recorded as trained with another size, schedule or shape
+    (a schedule or image size leaves the tensors' shapes alike, so only the record tells)."""
+    try:
+        trained = json.loads(metadata.get("plugstack.trainable", "{}"))
+    except ValueError:
+        return  # not written by app=train: the shapes are all there is to check
+    differ = {k: trained[k] for k in TRAINED_AS if k in trained and trained[k] != facts[k]}
+    if differ:
+        sets = " ".join(f"model.{k}={json.dumps(v).replace(' ', '')}" for k, v in differ.items())
+        raise ModelLoadError(f"model.weights: {path} was trained with {sets}; the model is configured otherwise. "
+                             f"Set {sets}.")
+
+
+#: Options the weights were trained with that a run must share (recorded by app=train).
+TRAINED_AS = ("size", "channels", "text_width", "timesteps")
+
+
+def _load_weights(unet: UNet, weights: str, seed: int, facts: dict[str, Any]) -> str:
     """Fill ``unet`` from ``weights`` (shipped | random | a path); where they came from."""
     if weights == "random":
         return f"random init (seed {seed})"
     path = Path(str(files("plugstack.plugins.diffusion").joinpath(SHIPPED))) if weights == "shipped" else Path(weights)
     if not path.is_file():
         hint = ("the package lacks its shipped checkpoint; reinstall plugstack, or train one (README, "
-                "'A diffusion model')" if weights == "shipped" else "give a model.safetensors written by app=train")
+                "'Training: app=train')" if weights == "shipped" else "give a model.safetensors written by app=train")
         raise ModelLoadError(f"model.weights={weights!r}: no file at {path}: {hint}.")
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     try:
         tensors = load_file(path)
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelLoadError(f"model.weights: {path} is not a readable safetensors file ({exc}). "
                              f"Give a model.safetensors written by app=train, or weights=shipped.") from None
+    _check_trained_as(path, metadata, facts)
     want = unet.state_dict()
     missing, extra = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
     wrong = [k for k in want if k in tensors and tensors[k].shape != want[k].shape]

@@ -41,6 +41,7 @@ class DigitsSampler(ImageSampler):
     def __init__(self, size: int, timesteps: int, default_steps: int, default_guidance: float) -> None:
         self.size, self.timesteps = size, timesteps
         self.default_steps, self.default_guidance = default_steps, default_guidance
+        self.max_steps, self.image_shape = timesteps, (size, size)
         self.abar = alphas_cumprod(timesteps)
 
     def check_prompt(self, prompt: str) -> None:

@@ -8,6 +8,7 @@ loss is the mean squared error of the predicted noise at a uniformly drawn times
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from plugstack.errors import ConfigError
 from plugstack.training import Trainable
 
 from .captions import MAX_TOKENS, caption, encode
@@ -39,9 +41,15 @@ class DiffusionTrainable(Trainable):
             order = np.arange(len(self.eval_data.images))
             yield from self._batches(self.eval_data, order, batch_size, f"eval-{seed}")
             return
+        count = len(self.train_data.images)
+        usable = count - count % (batch_size * world_size)  # every rank gets as many whole batches
+        if usable == 0:
+            raise ConfigError(f"app.batch_size={batch_size} on {world_size} process(es) needs "
+                              f"{batch_size * world_size} training images a step; the data has {count}. "
+                              f"Lower app.batch_size.")
         epoch = 0
-        while True:  # epochs, each reshuffled; ranks take disjoint strided shares
-            order = np.random.default_rng([seed, epoch]).permutation(len(self.train_data.images))[rank::world_size]
+        while True:  # epochs, each reshuffled; ranks take disjoint strided shares of equal length
+            order = np.random.default_rng([seed, epoch]).permutation(count)[:usable][rank::world_size]
             yield from self._batches(self.train_data, order, batch_size, f"{seed}-{epoch}", drop_last=True)
             epoch += 1
 
@@ -81,8 +89,13 @@ class DiffusionTrainable(Trainable):
         return {"eval_loss": sum(losses) / len(losses)}
 
     def usage(self, weights: str) -> str:
-        shape = "" if self.facts.get("channels") == [16, 32, 64] else f" 'model.channels={self.facts.get('channels')}'"
-        return f'plugstack app=image model=digits-diffusion model.weights={weights}{shape} "a bold seven"'
+        from .config import DigitsDiffusionConfig
+        from .loader import TRAINED_AS
+
+        default = DigitsDiffusionConfig()
+        sets = "".join(f" 'model.{k}={json.dumps(self.facts[k]).replace(' ', '')}'" for k in TRAINED_AS
+                       if self.facts[k] != getattr(default, k))
+        return f'plugstack app=image model=digits-diffusion model.weights={weights}{sets} "a bold seven"'
 
     def describe(self) -> dict[str, Any]:
         return {**self.facts, "train_images": len(self.train_data.images), "eval_images": len(self.eval_data.images)}

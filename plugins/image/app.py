@@ -1,6 +1,7 @@
 """The ``image`` application: ``app.num_images`` PNGs for a prompt, plus ``grid.png``.
 
-Everything is checked before the model loads (sizes, counts, the prompt's words). Images
+Everything is checked before any work: the options before the model loads, the prompt's
+words and what the model bounds (steps, the grid's size) before a graph is built. Images
 are made in chunks and each chunk's PNGs are written (atomically) as soon as it is done,
 so an interrupted run keeps what it finished; ``images.json`` records the prompt, seed,
 steps, guidance, backend and files. stdout gets the paths, one per line.
@@ -27,6 +28,8 @@ __all__ = ["ImageApp", "grid", "to_png"]
 
 #: Images denoised together (bounds the memory of one step).
 CHUNK = 16
+#: The largest grid.png written (pixels), so num_images x scale cannot ask for gigabytes.
+MAX_GRID_PIXELS = 64 * 10**6
 
 
 def check(cfg: Any) -> None:
@@ -45,6 +48,21 @@ def check(cfg: Any) -> None:
         raise ConfigError('app=image needs a prompt: plugstack app=image model=digits-diffusion "a bold seven"')
 
 
+def check_sampler(cfg: Any, sampler: ImageSampler, steps: int) -> None:
+    """What only the model knows: its step limit and its images' size (the grid is bounded)."""
+    if sampler.max_steps is not None and steps > sampler.max_steps:
+        raise ConfigError(f"app.steps={steps}: this model takes at most {sampler.max_steps} denoising steps.")
+    if sampler.image_shape is not None:
+        h, w = sampler.image_shape
+        cols = int(cfg.columns) if cfg.columns else math.ceil(math.sqrt(int(cfg.num_images)))
+        rows = math.ceil(int(cfg.num_images) / cols)
+        pixels = rows * (h + 1) * cols * (w + 1) * int(cfg.scale) ** 2
+        if pixels > MAX_GRID_PIXELS:
+            raise ConfigError(f"grid.png would have {pixels / 1e6:.0f} million pixels (app.num_images="
+                              f"{cfg.num_images}, app.scale={cfg.scale}); the limit is {MAX_GRID_PIXELS // 10**6} "
+                              f"million. Lower app.scale or app.num_images.")
+
+
 class ImageApp(App):
     def run(self, ctx: RunContext) -> int:
         cfg = self.cfg
@@ -54,7 +72,8 @@ class ImageApp(App):
         sampler.check_prompt(prompt)
         steps = int(cfg.steps) if cfg.steps is not None else sampler.default_steps
         guidance = float(cfg.guidance) if cfg.guidance is not None else sampler.default_guidance
-        runner = ctx.runner
+        check_sampler(cfg, sampler, steps)
+        runner = ctx.runner  # (may export a graph: everything that can be refused was)
         start, files, images = time.perf_counter(), [], []
         for first in range(0, int(cfg.num_images), CHUNK):
             count = min(CHUNK, int(cfg.num_images) - first)

@@ -71,6 +71,8 @@ class TrainApp(App):
         tdir = TrainDir(path.absolute())
         options = {"app": {k: getattr(cfg, k) for k in RESUME_KEYS}, "model": _plain(ctx.cfg.model),
                    "world_size": launch.world_size}
+        if cfg.schedule != "constant":  # a decaying schedule is planned over app.steps: more steps is another plan
+            options["app"]["schedule_steps"] = cfg.steps
         with storage_errors(tdir.path, what="the training directory", setting="app.directory"):
             with tdir.locked() if launch.main else contextlib.nullcontext():
                 resume = self._resume_point(ctx, tdir, options, launch)

@@ -241,7 +241,9 @@ class Trainer:
     def _config(self) -> Any:
         from omegaconf import OmegaConf
 
-        return OmegaConf.to_container(self.ctx.cfg, resolve=True, enum_to_str=True)
+        from plugstack.run import redacted
+
+        return redacted(OmegaConf.to_container(self.ctx.cfg, resolve=True, enum_to_str=True))  # weights get shared
 
     def _state(self, trainable: Trainable, step: int, optimizer_rest: dict[str, Any]) -> dict[str, Any]:
         return {"format": FORMAT, "step": step, "model": self.model_name, "options": self.options,

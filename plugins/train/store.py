@@ -31,7 +31,7 @@ from typing import Any
 import structlog
 
 from plugstack.errors import PlugstackError, StorageError
-from plugstack.files import file_digest, remove_stale_temps, temp_prefix
+from plugstack.files import FILE_MODE, file_digest, remove_stale_temps, temp_prefix
 
 __all__ = ["FILE_MODE", "FORMAT", "TENSOR_FILES", "Checkpoint", "CheckpointError", "TrainDir", "differences"]
 
@@ -44,10 +44,8 @@ _STEP = re.compile(r"^step-(\d{6,})$")
 OUTPUTS = ("checkpoints", "metrics.csv", "eval.csv", "loss.png", "model.safetensors")
 
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-#: What a file created with open() gets: temporary files (mkstemp) are 0600 until set to this.
-FILE_MODE = 0o666 & ~_UMASK
+#: Checkpoint directories: what mkdir gives (mkdtemp would make them 0700).
+DIR_MODE = FILE_MODE | (FILE_MODE & 0o444) >> 2  # each r bit gains its x
 
 
 class CheckpointError(PlugstackError):
@@ -153,7 +151,8 @@ class TrainDir:
         if ckpt.step > steps:
             raise CheckpointError(
                 f"app.directory={self.path} is already trained to step {ckpt.step}, past app.steps={steps}: raise "
-                f"app.steps to train on, or use another app.directory (or app.resume=false) to start over.")
+                f"app.steps to train on (with app.schedule=constant), or use another app.directory (or "
+                f"app.resume=false) to start over.")
 
     # -- writing (rank 0 only) ------------------------------------------------------------
 
@@ -217,7 +216,7 @@ class TrainDir:
                                             encoding="utf-8")
             for file in tmp.iterdir():
                 _fsync(file)
-            os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp's 0700 would hide the checkpoint from other users
+            os.chmod(tmp, DIR_MODE)  # mkdtemp's 0700 would hide the checkpoint from other users
             _fsync(tmp)
             final = self.checkpoints / name
             if final.exists():  # only after a rerun from scratch: the new one wins

@@ -214,15 +214,15 @@ def test_a_lock_never_released_is_a_clear_error(tmp_path):
 
 
 def test_atomic_writes_get_the_modes_of_ordinary_files(tmp_path):
-    from plugstack.files import _UMASK, atomic_write
+    from plugstack.files import FILE_MODE, atomic_write
 
     atomic_write(tmp_path / "result.json", "{}")
-    assert (tmp_path / "result.json").stat().st_mode & 0o777 == 0o666 & ~_UMASK, "not mkstemp's private 0600"
+    assert (tmp_path / "result.json").stat().st_mode & 0o777 == FILE_MODE != 0o600, "not mkstemp's private 0600"
 
 
 def test_a_run_record_never_holds_a_secret():
-    from plugstack.run import _redacted
+    from plugstack.run import redacted
 
     config = {"app": {"api_key": "sk-123", "max_tokens": 5, "nested": [{"db_password": "p"}]}, "x": {"secret": None}}
-    assert _redacted(config) == {"app": {"api_key": "***", "max_tokens": 5, "nested": [{"db_password": "***"}]},
+    assert redacted(config) == {"app": {"api_key": "***", "max_tokens": 5, "nested": [{"db_password": "***"}]},
                                  "x": {"secret": None}}

@@ -46,3 +46,32 @@ def test_every_caption_names_the_digit_and_encodes():
         seen.add(text)
     assert {"3", "a bold 7 leaning right"} & seen or len(seen) > 100, "captions vary"
     assert any("," in t for t in seen) and any(t.startswith("an upright") for t in seen)
+
+
+def test_every_word_a_prompt_may_use_is_one_the_captions_taught():
+    from plugstack.plugins.diffusion.captions import UNDERSTOOD
+
+    rng = random.Random(1)
+    taught = set()
+    for _ in range(3000):
+        attrs = {"digit": str(rng.randrange(10)), "weight": rng.choice(["light", "regular", "bold"]),
+                 "slant": rng.choice(["left", "upright", "right"])}
+        taught |= set(words(caption(attrs, rng)))
+    assert taught == UNDERSTOOD
+
+
+@pytest.mark.parametrize(("prompt", "says"), [
+    ("!!!", "names no digit"), ("\u65e5\u672c", "'\u65e5\u672c'"), ("a bold one", None), ("bold", "names no digit"),
+    ("seven eight", "names 2 digits"), ("s\u00e9ven", "'s\u00e9ven'"), ("slanted 7", "'slanted'"),
+])
+def test_prompts_the_model_cannot_draw_are_refused(prompt, says):
+    if says is None:
+        encode(prompt)
+        return
+    with pytest.raises(GenerationError, match=says):
+        encode(prompt)
+
+
+def test_filler_words_are_dropped_and_a_digit_may_be_said_twice():
+    assert encode("the digit seven") == encode("seven")
+    assert encode("the number 7, a seven") == encode("7 a seven")

@@ -101,3 +101,17 @@ def test_a_model_that_makes_no_images_says_so(tmp_path, cli_in_process):
     with cli_in_process(_env(tmp_path)) as cli:
         result = cli(["app=image", "model=bigram", "backend=cpu", "a bold seven"])
     check(result, 2, ["makes no images", "model=digits-diffusion"])
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    ([PROMPT, "app.steps=1001"], ["at most 1000 denoising steps"]),
+    ([PROMPT, "app.num_images=1024", "app.scale=64"], ["million pixels", "Lower app.scale"]),
+    ([PROMPT, "model.guidance=-1"], ["model.guidance=-1"]),
+    (["!!!"], ["names no digit"]),
+])
+def test_what_the_model_bounds_is_refused_before_a_graph_is_built(tmp_path, cli_in_process, args, says):
+    with cli_in_process(_env(tmp_path)) as cli:
+        result = cli(["app=image", "model=digits-diffusion", "backend=onnx", f"backend.cache_dir={tmp_path / 'c'}",
+                      *args])
+    check(result, 2, says)
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("*.onnx"))

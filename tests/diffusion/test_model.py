@@ -82,3 +82,42 @@ def test_weights_of_another_architecture_name_what_to_set(tmp_path):
 def test_impossible_sizes_are_refused_before_anything_is_built(overrides, says):
     with pytest.raises(ConfigError, match=says):
         load(DigitsDiffusionConfig(weights="random", **overrides))
+
+
+def test_weights_trained_with_another_schedule_or_size_name_the_options(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    model = load(DigitsDiffusionConfig(weights="random"))
+    path = tmp_path / "model.safetensors"
+    facts = {**model.info, "timesteps": 50}
+    save_file({k: v.contiguous() for k, v in model.module.unet.state_dict().items()}, str(path),
+              metadata={"plugstack.trainable": json.dumps(facts)})
+    with pytest.raises(ModelLoadError, match=r"trained with model\.timesteps=50.*Set model\.timesteps=50"):
+        load(DigitsDiffusionConfig(weights=str(path)))
+    assert load(DigitsDiffusionConfig(weights=str(path), timesteps=50, sample_steps=20)).source == str(path)
+
+
+def test_what_training_prints_is_a_command_that_loads_the_weights():
+    trainable = load(DigitsDiffusionConfig(weights="random", channels=[8, 16], text_width=8)).offers["train"]()
+    usage = trainable.usage("/w/model.safetensors")
+    assert "model.weights=/w/model.safetensors 'model.channels=[8,16]' 'model.text_width=8'" in usage
+    assert "timesteps" not in usage and "size" not in usage
+
+
+def test_a_batch_larger_than_the_data_is_refused_not_waited_for():
+    trainable = load(DigitsDiffusionConfig(weights="random", channels=[8, 16])).offers["train"]()
+    with pytest.raises(ConfigError, match=r"app\.batch_size=5000"):
+        next(trainable.batches("train", batch_size=5000, seed=0))
+
+
+def test_ranks_stay_in_step_across_epochs():
+    import itertools
+
+    trainable = load(DigitsDiffusionConfig(weights="random", channels=[8, 16])).offers["train"]()
+    # 4851 images, 2 ranks of 1213: one whole batch each per epoch, the 2425 left over dropped
+    a, b = ([x for x, _ in itertools.islice(trainable.batches("train", batch_size=1213, seed=0, rank=r,
+                                                             world_size=2), 3)] for r in (0, 1))
+    assert [len(x) for x in a] == [len(x) for x in b] == [1213] * 3
+    assert all(not (xa == xb).all() for xa, xb in zip(a, b, strict=True))
