@@ -54,11 +54,12 @@ def attribute_report(generate: Generate, *, digits_: tuple[int, ...] = (0, 2, 3,
     """Bold against light ink, and the slant's sign against the asked lean, per digit.
 
     Slant is measured against the digit's own typical shear (the training data's median),
-    as the captions' thirds were: "leaning right" means more than this digit usually does."""
+    as the captions' thirds were: "leaning right" means more than this digit usually does;
+    ``slant_absolute_sign_follows`` also reports the plain sign (> 0 for right)."""
     data = digits(16)
     labels = np.array([int(a["digit"]) for a in data.attributes])
     typical = {d: float(np.median(slant(data.images[labels == d]))) for d in range(10)}
-    bolder, signs = {}, []
+    bolder, signs, raw = {}, [], []
     for d in digits_:
         name = NUMBER_WORDS[d]
         bold, light = generate(f"a bold {name}", per_prompt, seed), generate(f"a light {name}", per_prompt, seed)
@@ -66,4 +67,6 @@ def attribute_report(generate: Generate, *, digits_: tuple[int, ...] = (0, 2, 3,
         right = generate(f"a {name} leaning right", per_prompt, seed)
         left = generate(f"a {name} leaning left", per_prompt, seed)
         signs += list(slant(right) > typical[d]) + list(slant(left) < typical[d])
-    return {"bold_over_light_ink": bolder, "slant_sign_follows": float(np.mean(signs))}
+        raw += list(slant(right) > 0) + list(slant(left) < 0)
+    return {"bold_over_light_ink": bolder, "slant_sign_follows": float(np.mean(signs)),
+            "slant_absolute_sign_follows": float(np.mean(raw))}
