@@ -142,17 +142,17 @@ class TrainDir:
 
     def check_resumable(self, ckpt: Checkpoint, options: Mapping[str, Any], steps: int) -> None:
         """Refuse ``ckpt`` when it was trained with other ``options`` or past ``steps``."""
+        if ckpt.step > steps:
+            raise CheckpointError(
+                f"app.directory={self.path} is already trained to step {ckpt.step}, past app.steps={steps}: raise "
+                f"app.steps to train on (with app.schedule=constant), or use another app.directory (or "
+                f"app.resume=false) to start over.")
         diff = differences(ckpt.state.get("options", {}), options)
         if diff:
             raise CheckpointError(
                 f"app.directory={self.path} holds a checkpoint (step {ckpt.step}) of a different training: "
                 f"{'; '.join(diff)}. Resuming would mix the two. Use another app.directory for this training, or "
                 f"app.resume=false to start over in this one (the old training is moved aside, not deleted).")
-        if ckpt.step > steps:
-            raise CheckpointError(
-                f"app.directory={self.path} is already trained to step {ckpt.step}, past app.steps={steps}: raise "
-                f"app.steps to train on (with app.schedule=constant), or use another app.directory (or "
-                f"app.resume=false) to start over.")
 
     # -- writing (rank 0 only) ------------------------------------------------------------
 

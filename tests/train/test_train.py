@@ -149,6 +149,8 @@ MISMATCH = {
     "lr-and-model-option": ({"app__lr": 0.03, "model__width": 32},
                             "app.lr is 0.02 there, 0.03 now; model.width is 16 there, 32 now"),
     "fewer-steps": ({"app__steps": 30}, "already trained to step 40, past app.steps=30"),
+    # a cosine schedule is planned over app.steps: more steps would jump the learning rate back up
+    "more-steps-on-a-decaying-schedule": ({"app__steps": 60}, "app.schedule_steps is 40 there, 60 now"),
 }
 
 
