@@ -238,6 +238,11 @@ def explain(exc: BaseException) -> ConfigError | None:
     cls = getattr(cause, "object_type", None)
     unknown_key = isinstance(cause, ConfigKeyError | ConfigAttributeError)
     if unknown_key and group in GROUPS and key and dataclasses.is_dataclass(cls):
+        parent, _, leaf = key.rpartition(".")
+        if parent:  # a nested options dataclass (model.finetune.*): name the full key
+            names = [f.name for f in dataclasses.fields(cls)]
+            return ConfigError(f"{group}.{parent} has no option {leaf!r}.{suggestion_text(leaf, names)} "
+                               f"Options of {group}.{parent}: {', '.join(names)}.")
         choice = next(iter(_plugins_with(group, cls=cls)), cls.__name__)
         return unknown_option(group, choice, key.split(".")[0], cls)
     message = str(cause).split("\n    full_key:")[0]

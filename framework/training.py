@@ -20,6 +20,12 @@ repeats none: ``batches(split="train", ...)`` is a pure function of its argument
 app skips the batches a resumed run has already trained on), and the app seeds torch's
 global generator from ``(seed, step, rank)`` before every step, so random draws inside
 ``loss`` (noise, dropout) are reproducible too.
+
+What is saved is the Trainable's to say: checkpoints and the final ``model.safetensors``
+hold :meth:`Trainable.state_dict` (by default the module's whole ``state_dict()``; a
+LoRA Trainable returns its adapter's tensors alone) with :meth:`Trainable.weights_metadata`
+beside the app's own keys, and a resumed run hands them back to
+:meth:`Trainable.load_state_dict`.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ class Trainable(ABC):
     so :meth:`loss` must call the ``module`` it is given, not ``self.module``.
     """
 
-    #: The module trained; its ``state_dict()`` is what checkpoints hold.
+    #: The module trained; :meth:`state_dict` says which of its tensors checkpoints hold.
     module: torch.nn.Module
 
     @abstractmethod
@@ -76,6 +82,22 @@ class Trainable(ABC):
             loss = out[0] if isinstance(out, tuple) else out
             total, count = total + float(loss), count + 1
         return {"eval_loss": total / count if count else float(torch.nan)}
+
+    def state_dict(self) -> Mapping[str, torch.Tensor]:
+        """The tensors a checkpoint and the final weights file hold: by default every tensor
+        of ``self.module``; a Trainable that trains a small part of it (an adapter) returns
+        that part, so files stay small. Whatever :meth:`load_state_dict` takes back."""
+        return self.module.state_dict()
+
+    def load_state_dict(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Put back what :meth:`state_dict` returned (resuming a run); a name missing, extra
+        or of another shape raises (``RuntimeError``, ``KeyError`` or ``ValueError``)."""
+        self.module.load_state_dict(dict(tensors), strict=True)
+
+    def weights_metadata(self) -> dict[str, str]:
+        """String metadata stored in the weights files beside the app's ``plugstack.*`` keys
+        (safetensors metadata): what a loader needs to use the tensors (an adapter's rank)."""
+        return {}
 
     def usage(self, weights: str) -> str | None:
         """How a person uses the trained ``weights`` file (a command line), printed when

@@ -2,8 +2,36 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
+
+#: The modules of a ``Llama`` layer LoRA may adapt (``plugins/llama/model.py``'s names).
+LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LlamaFinetuneConfig:
+    """What ``app=train`` trains on this model (``model.finetune.*``): the objective, its
+    data, and a LoRA adapter or every weight."""
+
+    #: Training objective: sft (next-token loss on the assistant's tokens of chat JSONL).
+    objective: str = "sft"
+    #: Chat JSONL to train on, one {"messages": [{"role": ..., "content": ...}, ...]} a line.
+    data: Optional[str] = None
+    #: Held-out chat JSONL of the same form, for app.eval_every; null = no held-out loss.
+    eval_data: Optional[str] = None
+    #: Longest training sequence in tokens (at most the model's context); longer ones are cut at the end.
+    max_length: int = 512
+    #: Train every weight (the result is a whole model's weights) instead of a LoRA adapter.
+    full: bool = False
+    #: LoRA rank r: the adapter adds B @ A, A [r, in] and B [out, r], to each target matrix.
+    lora_rank: int = 8
+    #: LoRA alpha: the update is scaled by lora_alpha / lora_rank.
+    lora_alpha: float = 16.0
+    #: Dropout on the LoRA branch's input while training, in [0, 1).
+    lora_dropout: float = 0.05
+    #: Layer modules LoRA adapts, any of q_proj k_proj v_proj o_proj gate_proj up_proj down_proj.
+    lora_targets: list[str] = field(default_factory=lambda: list(LORA_MODULES))
 
 
 @dataclass
@@ -23,3 +51,8 @@ class LlamaModelConfig:
     path: Optional[str] = None
     #: Cap on the positions the model will be asked to handle (``None``: the file's own).
     context_length: Optional[int] = None
+    #: Weights app=train wrote for this base model (a LoRA adapter or fully fine-tuned
+    #: weights, .safetensors), merged into it before any backend sees the model.
+    adapter: Optional[str] = None
+    #: What app=train trains (see LlamaFinetuneConfig).
+    finetune: LlamaFinetuneConfig = field(default_factory=LlamaFinetuneConfig)

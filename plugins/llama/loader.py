@@ -2,7 +2,9 @@
 
 Picks the weights (``cfg.path`` or a known ``cfg.source``), reads them as GGUF or as a
 Hugging Face directory, checks every tensor's name and shape against the ``Llama``
-module, and hands back a :class:`plugstack.Model` (fp32, eval mode) with its tokenizer.
+module, merges ``cfg.adapter`` into them (:mod:`.adapter`), and hands back a
+:class:`plugstack.Model` (fp32, eval mode) with its tokenizer, offering ``app=train`` the
+fine-tuning objective of ``cfg.finetune`` (:mod:`.finetune`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import structlog
 
 from plugstack.errors import ModelLoadError
 from plugstack.model import Model
+from plugstack.training import TRAIN
 
 from .weights import known_path, sha256_of
 
@@ -40,13 +43,24 @@ def load(cfg: Any) -> Model:
             "No weights given: set model.path=/path/to/model.gguf (or a Hugging Face directory), "
             "or model.source=smollm2 for the default model."
         )
-    return load_path(target, context_length=getattr(cfg, "context_length", None), name=getattr(cfg, "name", "llama"))
+    adapter = getattr(cfg, "adapter", None)
+    model = load_path(target, context_length=getattr(cfg, "context_length", None), name=getattr(cfg, "name", "llama"),
+                      adapter=adapter)
+    if getattr(cfg, "finetune", None) is not None:
+        def make_trainable():
+            from .finetune import make_trainable
+
+            return make_trainable(model, cfg)
+
+        model.offers[TRAIN] = make_trainable
+    return model
 
 
-def load_path(path: str | Path, *, context_length: int | None = None, name: str = "llama") -> Model:
-    """Load a ``.gguf`` file or a Hugging Face model directory. Everything is read and
-    checked now; the fp32 module is built on first use of ``model.module`` (a run from a
-    cached graph never builds it)."""
+def load_path(path: str | Path, *, context_length: int | None = None, name: str = "llama",
+              adapter: str | Path | None = None) -> Model:
+    """Load a ``.gguf`` file or a Hugging Face model directory, with ``adapter`` (a file
+    app=train wrote) merged in. Everything is read and checked now; the fp32 module is
+    built on first use of ``model.module`` (a run from a cached graph never builds it)."""
     t0 = time.perf_counter()
     path = Path(path)
     if not path.exists():
@@ -62,13 +76,27 @@ def load_path(path: str | Path, *, context_length: int | None = None, name: str 
             raise ModelLoadError(f"model.context_length must be positive, got {context_length}.")
         module_cfg.context_length = min(module_cfg.context_length, int(context_length))
 
+    digest = sha256_of(files[0]) if len(files) == 1 else _combined_digest(files)
+    merged, no_blocks = None, ""
+    if adapter:
+        from .adapter import read_adapter
+
+        merged = read_adapter(adapter, hparams=module_cfg.to_dict(), base_digest=digest, base_source=str(path))
+        extra["adapter"] = merged.describe()
+        digest = merged.folded(digest)
+        if blocks:  # the file's quantised blocks no longer describe the weights: onnx builds from fp32
+            blocks, no_blocks = None, (f"model.adapter={merged.path} is merged into the fp32 weights, which the "
+                                       f"file's own quantised blocks no longer describe")
+
     def make_module():
         t = time.perf_counter()
-        module = _build_module(module_cfg, read_tensors(), path)
-        log.info("model.module.built", path=str(path), seconds=round(time.perf_counter() - t, 2))
+        whole = merged is not None and merged.kind == "full"  # fully fine-tuned weights replace every base tensor
+        tensors = {} if whole else read_tensors()
+        module = _build_module(module_cfg, merged.apply(tensors) if merged else tensors, path)
+        log.info("model.module.built", path=str(path), seconds=round(time.perf_counter() - t, 2),
+                 adapter=str(merged.path) if merged else None)
         return module
 
-    digest = sha256_of(files[0]) if len(files) == 1 else _combined_digest(files)
     seconds = time.perf_counter() - t0
     tied = module_cfg.tie_embeddings
     info = {
@@ -83,8 +111,8 @@ def load_path(path: str | Path, *, context_length: int | None = None, name: str 
     )  # fmt: skip
     from .hparams import llama_model
 
-    return llama_model(module_cfg, name=name, make_module=make_module, blocks=blocks, tokenizer=tokenizer,
-                       weights_digest=digest, source=str(path), info=info)
+    return llama_model(module_cfg, name=name, make_module=make_module, blocks=blocks, no_blocks=no_blocks,
+                       tokenizer=tokenizer, weights_digest=digest, source=str(path), info=info)
 
 
 def _combined_digest(files: list[Path]) -> str:

@@ -48,10 +48,13 @@ class LlamaOnnxBuilder:
     #: Bump when the graph this module writes changes: part of the backend's cache key.
     version = 7
 
-    def __init__(self, blocks: Mapping[str, BlockMatrix] | None = None, *, cfg: LlamaConfig | None = None) -> None:
+    def __init__(self, blocks: Mapping[str, BlockMatrix] | None = None, *, cfg: LlamaConfig | None = None,
+                 no_blocks: str = "") -> None:
         self.blocks = dict(blocks or {})
         #: The hyper-parameters of the Llama this builder was made for (its module may not be built yet).
         self.cfg = cfg
+        #: Why there are no blocks though the file had some (an adapter merged into the weights).
+        self.no_blocks = no_blocks
 
     def declines(self, model: Model, request: GraphRequest) -> str:
         if model.module_built:  # else the plugin made this builder for the module it will build
@@ -67,6 +70,8 @@ class LlamaOnnxBuilder:
             return f"it writes fp32 graphs, and dtype {request.dtype!r} was asked for"
         if request.quantize not in (None, "native"):
             return f"it writes float or native graphs, not quantize={request.quantize!r}"
+        if request.quantize == "native" and self.no_blocks:
+            return self.no_blocks
         if request.quantize == "native" and not any(b.kind in EXACT_TYPES for b in self.blocks.values()):
             kinds = sorted({b.kind for b in self.blocks.values()})
             return ("the weights did not come block-quantised from a GGUF file" if not kinds else

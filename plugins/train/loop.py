@@ -27,7 +27,7 @@ from plugstack.training import Trainable, to_device
 from .metrics import MetricsFile, plot_loss
 from .schedule import lr_at, step_seed
 from .store import FORMAT, Checkpoint
-from .tensors import load_module, load_optimizer, optimizer_state, save_module, save_tensors
+from .tensors import load_optimizer, load_trainable, optimizer_state, save_tensors, save_trainable
 
 __all__ = ["Trainer", "TrainingDiverged"]
 
@@ -74,7 +74,7 @@ class Trainer:
                 raise PluginError(f"model {self.model_name!r}'s Trainable.module has no parameter with "
                                   f"requires_grad=True: there is nothing to train.")
             optimizer = build_optimizer(self.cfg, params)
-            start = self._restore(resume, module, optimizer)
+            start = self._restore(resume, trainable, optimizer)
             self._train(trainable, module, params, optimizer, start)
             self._hide_progress()  # before the report on stdout, which shares the terminal
             self._finish(trainable, module, optimizer)
@@ -94,10 +94,10 @@ class Trainer:
                               f"torch.nn.Module.")
         return trainable
 
-    def _restore(self, resume: Checkpoint | None, module: torch.nn.Module, optimizer: Any) -> int:
+    def _restore(self, resume: Checkpoint | None, trainable: Trainable, optimizer: Any) -> int:
         """Load the checkpoint's weights, optimiser state and metrics; return its step."""
         if resume is not None:
-            load_module(module, resume.path / "model.safetensors", self.model_name)
+            load_trainable(trainable, resume.path / "model.safetensors", self.model_name)
             load_optimizer(optimizer, resume.path / "optimizer.safetensors", resume.state["optimizer"])
             self.history = {k: list(v) for k, v in resume.state.get("metrics", {}).items()}
             self.history.setdefault("train", [])
@@ -258,7 +258,7 @@ class Trainer:
         tensors, rest = optimizer_state(optimizer)
 
         def fill(tmp: Any) -> None:
-            save_module(module, tmp / "model.safetensors")
+            save_trainable(trainable, tmp / "model.safetensors")
             save_tensors(tensors, tmp / "optimizer.safetensors", "the optimiser state")
 
         path = self.tdir.write(step, fill, self._state(trainable, step, rest))
@@ -290,7 +290,7 @@ class Trainer:
                 "plugstack.trainable": json.dumps(trainable.describe(), default=str),
                 "plugstack.world_size": str(self.launch.world_size), "plugstack.rank_digests": json.dumps(digests)}
         final = self.tdir.path / "model.safetensors"
-        save_module(module, final, meta)
+        save_trainable(trainable, final, meta)
         self._plot()
         self._report(final, step, trainable.usage(str(final)))
 
@@ -306,8 +306,9 @@ class Trainer:
         if usage:
             print(f"  use it: {usage}", file=out)
         else:
-            print("  its tensors are the trainable module's state_dict: safetensors.torch.load_file(path), then "
-                  "module.load_state_dict(...); the file's metadata holds the training config", file=out)
+            print("  its tensors are the Trainable's state_dict() (by default its module's): "
+                  "safetensors.torch.load_file(path), then module.load_state_dict(...); the file's metadata holds "
+                  "the training config", file=out)
         print(f"  train longer: rerun this command with a larger app.steps (checkpoints in {self.tdir.checkpoints}; "
               f"metrics.csv and loss.png in {self.tdir.path})", file=out)
         out.flush()

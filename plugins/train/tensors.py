@@ -22,7 +22,7 @@ from plugstack.files import temp_prefix
 
 from .store import FILE_MODE, CheckpointError
 
-__all__ = ["load_module", "load_optimizer", "optimizer_state", "save_module", "save_tensors"]
+__all__ = ["load_optimizer", "load_trainable", "optimizer_state", "save_tensors", "save_trainable"]
 
 
 def _plain(tensors: dict[str, Any], what: str) -> dict[str, torch.Tensor]:
@@ -55,14 +55,16 @@ def save_tensors(tensors: dict[str, Any], path: Path, what: str, metadata: dict[
         raise
 
 
-def save_module(module: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
-    save_tensors(module.state_dict(), path, "the module's state_dict", metadata)
+def save_trainable(trainable: Any, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """``trainable.state_dict()`` with its ``weights_metadata()`` (and ``metadata``) to ``path``."""
+    meta = {**trainable.weights_metadata(), **(metadata or {})}
+    save_tensors(dict(trainable.state_dict()), path, "the Trainable's state_dict", meta or None)
 
 
-def load_module(module: torch.nn.Module, path: Path, model: str) -> None:
+def load_trainable(trainable: Any, path: Path, model: str) -> None:
     try:
-        module.load_state_dict(load_file(str(path), device="cpu"), strict=True)
-    except (RuntimeError, OSError, ValueError, SafetensorError) as exc:
+        trainable.load_state_dict(load_file(str(path), device="cpu"))
+    except (RuntimeError, OSError, ValueError, KeyError, SafetensorError) as exc:
         why = " ".join(str(exc).split())[:400] or type(exc).__name__
         raise CheckpointError(f"{path} does not fit model {model!r}'s trainable module ({why}): the model changed "
                               f"since it was written. Use another app.directory, or app.resume=false to start "

@@ -1,0 +1,229 @@
+"""What the llama model offers ``app=train``: supervised fine-tuning on chat JSONL, LoRA or full.
+
+``model.finetune`` (:class:`~.config.LlamaFinetuneConfig`) chooses. With LoRA (the
+default), PEFT's ``inject_adapter_in_model`` wraps the target ``nn.Linear`` modules of the
+plugin's own ``Llama`` and only the adapter's matrices train; checkpoints and the final
+``model.safetensors`` hold those matrices alone, with the adapter's description (rank,
+alpha, targets, the base weights' digest) in the metadata, which ``model.adapter=``
+reads (:mod:`.adapter`). With ``full=true`` every weight trains and is saved.
+
+A batch is a dict of right-padded ``input_ids`` and ``attention_mask`` ``[B, T]``,
+``select`` ``[B, T]`` (the positions whose next token is the assistant's) and ``labels``
+``[N]`` (those next tokens): padding sits after every real token, so under the causal
+mask it changes nothing the loss sees, and the loss is the mean over the batch's
+assistant tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plugstack.errors import ConfigError
+from plugstack.model import Model
+from plugstack.training import Trainable, to_device
+
+from .adapter import adapter_metadata
+from .config import LORA_MODULES
+from .model import Llama, causal_mask
+from .sft_data import Example, load_examples
+
+__all__ = ["CausalLM", "SFTTrainable", "add_lora", "check_options", "collate", "make_trainable"]
+
+OBJECTIVES = ("sft",)
+
+
+class CausalLM(nn.Module):
+    """The ``Llama`` over whole sequences without a cache, returning the logits of the
+    positions ``select`` picks only (the output head is the costliest matrix: most
+    positions of a chat are not the assistant's)."""
+
+    def __init__(self, llama: Llama) -> None:
+        super().__init__()
+        self.llama = llama
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+        m = self.llama
+        b, t = input_ids.shape
+        positions = torch.arange(t, device=input_ids.device).expand(b, t)
+        x = m.embed_tokens(input_ids)
+        cos, sin = m.rotary(positions, x.dtype)
+        mask = causal_mask(attention_mask, t)
+        empty = x.new_zeros(b, m.cfg.num_kv_heads, 0, m.cfg.head_dim)  # no past: one pass over the sequence
+        for layer in m.layers:
+            x, _, _ = layer(x, cos, sin, mask, empty, empty)
+        return m.lm_head(m.norm(x[select])).float()
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """``examples`` as one right-padded batch (see the module's docstring)."""
+    width = max(len(e.ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    targets = torch.zeros((len(examples), width), dtype=torch.bool)
+    for row, e in enumerate(examples):
+        n = len(e.ids)
+        ids[row, :n] = torch.tensor(e.ids)
+        mask[row, :n] = 1
+        targets[row, :n] = torch.tensor(e.targets)
+    select = torch.zeros_like(targets)
+    select[:, :-1] = targets[:, 1:]  # position j predicts token j + 1
+    return {"input_ids": ids, "attention_mask": mask, "select": select, "labels": ids[:, 1:][targets[:, 1:]]}
+
+
+def add_lora(llama: Llama, *, rank: int, alpha: float, dropout: float, targets: Sequence[str]) -> None:
+    """Wrap ``targets`` of every layer with PEFT's LoRA and freeze everything else."""
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError:
+        from plugstack.errors import ConfigError
+
+        raise ConfigError("LoRA fine-tuning needs PEFT: pip install 'plugstack[finetune]' (or peft), or train every "
+                          "weight with model.finetune.full=true.") from None
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none")
+    inject_adapter_in_model(config, llama)
+    for name, p in llama.named_parameters():
+        p.requires_grad_(".lora_" in name)
+
+
+def lora_tensors(llama: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter's matrices by the names adapter files use (PEFT's, less ``.default``)."""
+    return {n.replace(".default.", "."): p for n, p in llama.named_parameters() if ".lora_" in n}
+
+
+class SFTTrainable(Trainable):
+    """Next-token loss on the assistant's tokens of chat conversations (see the module)."""
+
+    def __init__(self, llama: Llama, *, pad_id: int, train: list[Example], held_out: list[Example],
+                 lora: Mapping[str, Any] | None, base: Mapping[str, str], facts: Mapping[str, Any]) -> None:
+        self.module = CausalLM(llama)
+        self.llama, self.pad_id, self.train, self.held_out = llama, pad_id, train, held_out
+        self.lora, self.base, self.facts = dict(lora) if lora else None, dict(base), dict(facts)
+
+    def batches(self, split: str, *, batch_size: int, seed: int, rank: int = 0,
+                world_size: int = 1) -> Iterator[dict[str, torch.Tensor]]:
+        if split == "eval":
+            for start in range(0, len(self.held_out), batch_size):
+                yield collate(self.held_out[start : start + batch_size], self.pad_id)
+            return
+        count = len(self.train)
+        usable = count - count % (batch_size * world_size)  # every rank gets as many whole batches
+        if usable == 0:
+            raise ConfigError(f"app.batch_size={batch_size} on {world_size} process(es) needs "
+                              f"{batch_size * world_size} conversations a step; model.finetune.data has {count}. "
+                              f"Lower app.batch_size.")
+        epoch = 0
+        while True:  # epochs, each reshuffled; ranks take disjoint strided shares of equal length
+            order = np.random.default_rng([seed, epoch]).permutation(count)[:usable][rank::world_size]
+            for start in range(0, len(order), batch_size):
+                yield collate([self.train[i] for i in order[start : start + batch_size]], self.pad_id)
+            epoch += 1
+
+    def loss(self, module: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = module(batch["input_ids"], batch["attention_mask"], batch["select"])
+        return F.cross_entropy(logits, batch["labels"]), {"tokens": float(batch["labels"].numel())}
+
+    def evaluate(self, module: nn.Module, *, batch_size: int, seed: int) -> dict[str, float]:
+        """The mean loss per assistant token of the held-out conversations (none given: no metric)."""
+        if not self.held_out:
+            return {}
+        device = next(module.parameters()).device
+        total, count = 0.0, 0
+        for batch in self.batches("eval", batch_size=batch_size, seed=seed):
+            b = to_device(batch, device)
+            logits = module(b["input_ids"], b["attention_mask"], b["select"])
+            total += float(F.cross_entropy(logits, b["labels"], reduction="sum"))
+            count += b["labels"].numel()
+        return {"eval_loss": total / count}
+
+    # -- what is saved ------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return lora_tensors(self.llama) if self.lora else self.llama.state_dict()
+
+    def load_state_dict(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        if not self.lora:
+            self.llama.load_state_dict(dict(tensors), strict=True)
+            return
+        own = lora_tensors(self.llama)
+        if set(own) != set(tensors):
+            odd = sorted(set(own) ^ set(tensors))
+            raise KeyError(f"the adapter's tensors differ ({len(odd)} names, e.g. {odd[0]!r})")
+        with torch.no_grad():
+            for name, p in own.items():
+                if p.shape != tensors[name].shape:
+                    raise ValueError(f"{name} is {list(tensors[name].shape)}, expected {list(p.shape)}")
+                p.copy_(tensors[name])  # in place: the optimiser holds these parameters
+
+    def weights_metadata(self) -> dict[str, str]:
+        kind = {**self.lora, "layers": self.llama.cfg.num_layers} if self.lora else {}
+        return adapter_metadata("lora" if self.lora else "full", base_digest=self.base["digest"],
+                                base_source=self.base["source"], **kind)
+
+    def usage(self, weights: str) -> str:
+        return f"plugstack model=llama {self.base['option']} model.adapter={shlex.quote(weights)} \"Hello\""
+
+    def describe(self) -> dict[str, Any]:
+        kind = {"kind": "lora", "lora": self.lora} if self.lora else {"kind": "full"}
+        return {"objective": "sft", **kind, "train_conversations": len(self.train),
+                "eval_conversations": len(self.held_out), "train_tokens": sum(len(e.ids) for e in self.train),
+                **self.facts}
+
+
+def check_options(ft: Any) -> None:
+    """Refuse an invalid ``model.finetune`` option by name, saying what is valid."""
+    if ft.objective not in OBJECTIVES:
+        raise ConfigError(f"model.finetune.objective={ft.objective!r} is not known: expected one of "
+                          f"{' | '.join(OBJECTIVES)}.")
+    if not ft.data:
+        raise ConfigError("app=train needs training data: set model.finetune.data=/path/to/train.jsonl (chat "
+                          'JSONL, one {"messages": [...]} a line).')
+    if not (isinstance(ft.max_length, int) and ft.max_length >= 2):
+        raise ConfigError(f"model.finetune.max_length={ft.max_length} is invalid: expected an integer >= 2 (tokens).")
+    if ft.full:
+        return
+    if not (isinstance(ft.lora_rank, int) and ft.lora_rank >= 1):
+        raise ConfigError(f"model.finetune.lora_rank={ft.lora_rank} is invalid: expected an integer >= 1, e.g. 8.")
+    if not (math.isfinite(ft.lora_alpha) and ft.lora_alpha > 0):
+        raise ConfigError(f"model.finetune.lora_alpha={ft.lora_alpha} is invalid: expected a number > 0, e.g. 16.")
+    if not 0 <= ft.lora_dropout < 1:
+        raise ConfigError(f"model.finetune.lora_dropout={ft.lora_dropout} is invalid: expected a number in [0, 1).")
+    targets = list(ft.lora_targets)
+    unknown = [t for t in targets if t not in LORA_MODULES]
+    if not targets or unknown or len(set(targets)) != len(targets):
+        raise ConfigError(f"model.finetune.lora_targets={targets} is invalid: expected distinct names among "
+                          f"{', '.join(LORA_MODULES)} (e.g. [q_proj,v_proj]), or model.finetune.full=true.")
+
+
+def make_trainable(model: Model, cfg: Any) -> SFTTrainable:
+    """``model``'s ``offers["train"]``: its ``Llama`` set up for ``cfg.finetune`` (``cfg``: the
+    :class:`~.config.LlamaModelConfig` it was loaded with)."""
+    ft = cfg.finetune
+    check_options(ft)
+    max_length = min(ft.max_length, model.context_length or ft.max_length)  # positions past the context do not exist
+    if cfg.adapter:
+        raise ConfigError(f"model.adapter={cfg.adapter} with app=train: training on top of a merged adapter is not "
+                          f"supported yet. Train from the base model (drop model.adapter).")
+    tok = model.tokenizer
+    train, skipped = load_examples(ft.data, tok, max_length=max_length)
+    held_out = load_examples(ft.eval_data, tok, max_length=max_length,
+                             setting="model.finetune.eval_data")[0] if ft.eval_data else []
+    llama = model.module
+    lora = None
+    if not ft.full:
+        lora = {"rank": ft.lora_rank, "alpha": float(ft.lora_alpha), "scale": float(ft.lora_alpha) / ft.lora_rank,
+                "dropout": float(ft.lora_dropout), "targets": list(ft.lora_targets)}
+        add_lora(llama, rank=ft.lora_rank, alpha=ft.lora_alpha, dropout=ft.lora_dropout, targets=ft.lora_targets)
+    option = f"model.path={shlex.quote(str(cfg.path))}" if cfg.path else f"model.source={cfg.source}"
+    base = {"digest": model.weights_digest, "source": model.source, "option": option}
+    facts = {"data": str(ft.data), "eval_data": ft.eval_data, "max_length": max_length, "skipped_too_long": skipped}
+    return SFTTrainable(llama, pad_id=tok.pad_token_id, train=train, held_out=held_out, lora=lora, base=base,
+                        facts=facts)
