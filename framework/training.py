@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["TRAIN", "Trainable", "to_device"]
+__all__ = ["TRAIN", "Trainable", "epoch_shards", "to_device"]
 
 #: The key of :attr:`plugstack.Model.offers` under which a model offers its training
 #: interface: a callable taking no arguments and returning a :class:`Trainable`.
@@ -107,6 +107,28 @@ class Trainable(ABC):
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable facts stored beside each checkpoint (architecture, data)."""
         return {}
+
+
+def epoch_shards(count: int, *, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 items: str = "items", source: str = "the data") -> Iterator[tuple[int, Any]]:
+    """``(epoch, indices)`` for ever: this rank's share of ``count`` items in each epoch, what
+    :meth:`Trainable.batches` needs to meet its contract. Each epoch is a permutation fixed by
+    ``(seed, epoch)``, cut so every rank gets as many whole batches, then strided by rank (ranks
+    see disjoint items and stay in step). Too few items for one step is a
+    :class:`plugstack.ConfigError` naming ``app.batch_size`` (``items``, ``source``: what the
+    message calls them), never an endless loop."""
+    import numpy as np
+
+    from .errors import ConfigError
+
+    usable = count - count % (batch_size * world_size)
+    if usable == 0:
+        raise ConfigError(f"app.batch_size={batch_size} on {world_size} process(es) needs "
+                          f"{batch_size * world_size} {items} a step; {source} has {count}. Lower app.batch_size.")
+    epoch = 0
+    while True:
+        yield epoch, np.random.default_rng([seed, epoch]).permutation(count)[:usable][rank::world_size]
+        epoch += 1
 
 
 def to_device(batch: Any, device: Any) -> Any:

@@ -123,12 +123,11 @@ def _load_weights(unet: UNet, weights: str, seed: int, facts: dict[str, Any]) ->
                 "'Training: app=train')" if weights == "shipped" else "give a model.safetensors written by app=train")
         raise ModelLoadError(f"model.weights={weights!r}: no file at {path}: {hint}.")
     from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
 
     try:
-        tensors = load_file(path)
-        with safe_open(str(path), "pt") as f:
+        with safe_open(str(path), "pt") as f:  # one read of the header gives the record and the tensors
             metadata = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelLoadError(f"model.weights: {path} is not a readable safetensors file ({exc}). "
                              f"Give a model.safetensors written by app=train, or weights=shipped.") from None

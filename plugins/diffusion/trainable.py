@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from plugstack.errors import ConfigError
-from plugstack.training import Trainable
+from plugstack.training import Trainable, epoch_shards
 
 from .captions import MAX_TOKENS, caption, encode
 from .data import CaptionedImages
@@ -41,22 +40,13 @@ class DiffusionTrainable(Trainable):
             order = np.arange(len(self.eval_data.images))
             yield from self._batches(self.eval_data, order, batch_size, f"eval-{seed}")
             return
-        count = len(self.train_data.images)
-        usable = count - count % (batch_size * world_size)  # every rank gets as many whole batches
-        if usable == 0:
-            raise ConfigError(f"app.batch_size={batch_size} on {world_size} process(es) needs "
-                              f"{batch_size * world_size} training images a step; the data has {count}. "
-                              f"Lower app.batch_size.")
-        epoch = 0
-        while True:  # epochs, each reshuffled; ranks take disjoint strided shares of equal length
-            order = np.random.default_rng([seed, epoch]).permutation(count)[:usable][rank::world_size]
-            yield from self._batches(self.train_data, order, batch_size, f"{seed}-{epoch}", drop_last=True)
-            epoch += 1
+        for epoch, order in epoch_shards(len(self.train_data.images), batch_size=batch_size, seed=seed, rank=rank,
+                                         world_size=world_size, items="training images"):
+            yield from self._batches(self.train_data, order, batch_size, f"{seed}-{epoch}")
 
-    def _batches(self, data: CaptionedImages, order: np.ndarray, batch_size: int, key: str,
-                 drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        stop = len(order) - len(order) % batch_size if drop_last else len(order)
-        for start in range(0, stop, batch_size):
+    def _batches(self, data: CaptionedImages, order: np.ndarray, batch_size: int,
+                 key: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             images = torch.from_numpy(data.images[idx] * 2 - 1)[:, None]  # [B, 1, S, S] in [-1, 1]
             tokens = torch.tensor([self._tokens(data.attributes[i], random.Random(f"{key}-{i}")) for i in idx])

@@ -21,14 +21,13 @@ import shlex
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from plugstack.errors import ConfigError
 from plugstack.model import Model
-from plugstack.training import Trainable, to_device
+from plugstack.training import Trainable, epoch_shards, to_device
 
 from .adapter import adapter_metadata
 from .config import LORA_MODULES
@@ -83,8 +82,6 @@ def add_lora(llama: Llama, *, rank: int, alpha: float, dropout: float, targets: 
     try:
         from peft import LoraConfig, inject_adapter_in_model
     except ImportError:
-        from plugstack.errors import ConfigError
-
         raise ConfigError("LoRA fine-tuning needs PEFT: pip install 'plugstack[finetune]' (or peft), or train every "
                           "weight with model.finetune.full=true.") from None
 
@@ -114,18 +111,10 @@ class SFTTrainable(Trainable):
             for start in range(0, len(self.held_out), batch_size):
                 yield collate(self.held_out[start : start + batch_size], self.pad_id)
             return
-        count = len(self.train)
-        usable = count - count % (batch_size * world_size)  # every rank gets as many whole batches
-        if usable == 0:
-            raise ConfigError(f"app.batch_size={batch_size} on {world_size} process(es) needs "
-                              f"{batch_size * world_size} conversations a step; model.finetune.data has {count}. "
-                              f"Lower app.batch_size.")
-        epoch = 0
-        while True:  # epochs, each reshuffled; ranks take disjoint strided shares of equal length
-            order = np.random.default_rng([seed, epoch]).permutation(count)[:usable][rank::world_size]
+        for _, order in epoch_shards(len(self.train), batch_size=batch_size, seed=seed, rank=rank,
+                                     world_size=world_size, items="conversations", source="model.finetune.data"):
             for start in range(0, len(order), batch_size):
                 yield collate([self.train[i] for i in order[start : start + batch_size]], self.pad_id)
-            epoch += 1
 
     def loss(self, module: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         logits = module(batch["input_ids"], batch["attention_mask"], batch["select"])

@@ -10,14 +10,11 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from plugstack.files import atomic_open, atomic_write
-
-from .store import FILE_MODE
 
 __all__ = ["MetricsFile", "plot_loss"]
 
@@ -47,7 +44,6 @@ class MetricsFile:
             writer.writeheader()
             writer.writerows(rows)
             atomic_write(self.path, text.getvalue())
-            os.chmod(self.path, FILE_MODE)
         else:
             self.path.unlink(missing_ok=True)
 
@@ -93,7 +89,6 @@ def plot_loss(path: Path, train: Sequence[Mapping[str, Any]], evals: Sequence[Ma
     ax.grid(alpha=0.3)
     ax.legend()
     with atomic_open(path, "wb") as f:
-        os.fchmod(f.fileno(), FILE_MODE)
         fig.savefig(f, format="png")
 
 

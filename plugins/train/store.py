@@ -33,7 +33,7 @@ import structlog
 from plugstack.errors import PlugstackError, StorageError
 from plugstack.files import FILE_MODE, file_digest, remove_stale_temps, temp_prefix
 
-__all__ = ["FILE_MODE", "FORMAT", "TENSOR_FILES", "Checkpoint", "CheckpointError", "TrainDir", "differences"]
+__all__ = ["FORMAT", "TENSOR_FILES", "Checkpoint", "CheckpointError", "TrainDir", "differences"]
 
 log = structlog.get_logger("plugstack.train")
 

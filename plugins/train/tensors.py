@@ -18,9 +18,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from plugstack.errors import PluginError
-from plugstack.files import temp_prefix
+from plugstack.files import FILE_MODE, temp_prefix
 
-from .store import FILE_MODE, CheckpointError
+from .store import CheckpointError
 
 __all__ = ["load_optimizer", "load_trainable", "optimizer_state", "save_tensors", "save_trainable"]
 
