@@ -14,12 +14,26 @@ class LlamaFinetuneConfig:
     """What ``app=train`` trains on this model (``model.finetune.*``): the objective, its
     data, and a LoRA adapter or every weight."""
 
-    #: Training objective: sft (next-token loss on the assistant's tokens of chat JSONL).
+    #: Training objective: sft (next-token loss on the assistant's turns), dpo (preference
+    #: pairs against a frozen reference) or grpo (sampled answers scored by model.finetune.reward).
     objective: str = "sft"
-    #: Chat JSONL to train on, one {"messages": [{"role": ..., "content": ...}, ...]} a line.
+    #: JSONL to train on: chat conversations (sft), preference pairs (dpo) or prompts (grpo).
     data: Optional[str] = None
-    #: Held-out chat JSONL of the same form, for app.eval_every; null = no held-out loss.
+    #: Held-out JSONL of the same form, for app.eval_every; null = no held-out metrics.
     eval_data: Optional[str] = None
+    #: A LoRA adapter app=train wrote (e.g. the SFT one) to start from; its rank, alpha and
+    #: targets are used, and dpo/grpo's reference is it. null = a fresh adapter.
+    init_adapter: Optional[str] = None
+    #: dpo: the strength of the pull towards the reference (beta of the DPO loss).
+    beta: float = 0.1
+    #: grpo: "package.module:function" scoring (record, answer) -> float, the record being the prompt's JSONL object.
+    reward: Optional[str] = None
+    #: grpo: answers sampled per prompt; each is scored against its group's mean and spread.
+    group_size: int = 4
+    #: grpo: the longest sampled answer, in tokens.
+    max_new_tokens: int = 64
+    #: grpo: sampling temperature of the answers (> 0).
+    temperature: float = 1.0
     #: Longest training sequence in tokens (at most the model's context); longer ones are cut at the end.
     max_length: int = 512
     #: Train every weight (the result is a whole model's weights) instead of a LoRA adapter.

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plugstack.errors import ConfigError
+from plugstack.errors import ConfigError, PlugstackError
 from plugstack.model import Model
 from plugstack.training import Trainable, epoch_shards, to_device
 
@@ -34,9 +34,9 @@ from .config import LORA_MODULES
 from .model import Llama, causal_mask
 from .sft_data import Example, load_examples
 
-__all__ = ["CausalLM", "SFTTrainable", "add_lora", "check_options", "collate", "make_trainable"]
+__all__ = ["CausalLM", "LlamaTrainable", "SFTTrainable", "add_lora", "check_options", "collate", "make_trainable"]
 
-OBJECTIVES = ("sft",)
+OBJECTIVES = ("sft", "dpo", "grpo")
 
 
 class CausalLM(nn.Module):
@@ -96,14 +96,64 @@ def lora_tensors(llama: nn.Module) -> dict[str, torch.Tensor]:
     return {n.replace(".default.", "."): p for n, p in llama.named_parameters() if ".lora_" in n}
 
 
-class SFTTrainable(Trainable):
+class LlamaTrainable(Trainable):
+    """What every objective shares: the ``Llama`` under :class:`CausalLM`, and what is saved
+    (the adapter's matrices, or every weight) with its description."""
+
+    objective = ""
+
+    def __init__(self, llama: Llama, *, pad_id: int, lora: Mapping[str, Any] | None, base: Mapping[str, str],
+                 facts: Mapping[str, Any]) -> None:
+        self.module = CausalLM(llama)
+        self.llama, self.pad_id = llama, pad_id
+        self.lora, self.base, self.facts = dict(lora) if lora else None, dict(base), dict(facts)
+
+    def trained_copy(self) -> dict[str, torch.Tensor]:
+        """The trained parameters as they are now, by the module's names (a frozen reference)."""
+        return {n: p.detach().clone() for n, p in self.module.named_parameters() if p.requires_grad}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return lora_tensors(self.llama) if self.lora else self.llama.state_dict()
+
+    def load_state_dict(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        if not self.lora:
+            self.llama.load_state_dict(dict(tensors), strict=True)
+            return
+        own = lora_tensors(self.llama)
+        if set(own) != set(tensors):
+            odd = sorted(set(own) ^ set(tensors))
+            raise KeyError(f"the adapter's tensors differ ({len(odd)} names, e.g. {odd[0]!r})")
+        with torch.no_grad():
+            for name, p in own.items():
+                if p.shape != tensors[name].shape:
+                    raise ValueError(f"{name} is {list(tensors[name].shape)}, expected {list(p.shape)}")
+                p.copy_(tensors[name])  # in place: the optimiser holds these parameters
+
+    def weights_metadata(self) -> dict[str, str]:
+        kind = {**self.lora, "layers": self.llama.cfg.num_layers} if self.lora else {}
+        return adapter_metadata("lora" if self.lora else "full", base_digest=self.base["digest"],
+                                base_source=self.base["source"], objective=self.objective, **kind)
+
+    def usage(self, weights: str) -> str:
+        return f"plugstack model=llama {self.base['option']} model.adapter={shlex.quote(weights)} \"Hello\""
+
+    def sizes(self) -> dict[str, Any]:
+        """What the data amounts to, for :meth:`describe`."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        kind = {"kind": "lora", "lora": self.lora} if self.lora else {"kind": "full"}
+        return {"objective": self.objective, **kind, **self.sizes(), **self.facts}
+
+
+class SFTTrainable(LlamaTrainable):
     """Next-token loss on the assistant's tokens of chat conversations (see the module)."""
 
-    def __init__(self, llama: Llama, *, pad_id: int, train: list[Example], held_out: list[Example],
-                 lora: Mapping[str, Any] | None, base: Mapping[str, str], facts: Mapping[str, Any]) -> None:
-        self.module = CausalLM(llama)
-        self.llama, self.pad_id, self.train, self.held_out = llama, pad_id, train, held_out
-        self.lora, self.base, self.facts = dict(lora) if lora else None, dict(base), dict(facts)
+    objective = "sft"
+
+    def __init__(self, llama: Llama, *, train: list[Example], held_out: list[Example], **common: Any) -> None:
+        super().__init__(llama, **common)
+        self.train, self.held_out = train, held_out
 
     def batches(self, split: str, *, batch_size: int, seed: int, rank: int = 0,
                 world_size: int = 1) -> Iterator[dict[str, torch.Tensor]]:
@@ -133,38 +183,9 @@ class SFTTrainable(Trainable):
             count += b["labels"].numel()
         return {"eval_loss": total / count}
 
-    # -- what is saved ------------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return lora_tensors(self.llama) if self.lora else self.llama.state_dict()
-
-    def load_state_dict(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        if not self.lora:
-            self.llama.load_state_dict(dict(tensors), strict=True)
-            return
-        own = lora_tensors(self.llama)
-        if set(own) != set(tensors):
-            odd = sorted(set(own) ^ set(tensors))
-            raise KeyError(f"the adapter's tensors differ ({len(odd)} names, e.g. {odd[0]!r})")
-        with torch.no_grad():
-            for name, p in own.items():
-                if p.shape != tensors[name].shape:
-                    raise ValueError(f"{name} is {list(tensors[name].shape)}, expected {list(p.shape)}")
-                p.copy_(tensors[name])  # in place: the optimiser holds these parameters
-
-    def weights_metadata(self) -> dict[str, str]:
-        kind = {**self.lora, "layers": self.llama.cfg.num_layers} if self.lora else {}
-        return adapter_metadata("lora" if self.lora else "full", base_digest=self.base["digest"],
-                                base_source=self.base["source"], **kind)
-
-    def usage(self, weights: str) -> str:
-        return f"plugstack model=llama {self.base['option']} model.adapter={shlex.quote(weights)} \"Hello\""
-
-    def describe(self) -> dict[str, Any]:
-        kind = {"kind": "lora", "lora": self.lora} if self.lora else {"kind": "full"}
-        return {"objective": "sft", **kind, "train_conversations": len(self.train),
-                "eval_conversations": len(self.held_out), "train_tokens": sum(len(e.ids) for e in self.train),
-                **self.facts}
+    def sizes(self) -> dict[str, Any]:
+        return {"train_conversations": len(self.train), "eval_conversations": len(self.held_out),
+                "train_tokens": sum(len(e.ids) for e in self.train)}
 
 
 def check_options(ft: Any) -> None:
@@ -177,7 +198,11 @@ def check_options(ft: Any) -> None:
                           'JSONL, one {"messages": [...]} a line).')
     if not (isinstance(ft.max_length, int) and ft.max_length >= 2):
         raise ConfigError(f"model.finetune.max_length={ft.max_length} is invalid: expected an integer >= 2 (tokens).")
+    _check_objective(ft)
     if ft.full:
+        if ft.init_adapter:
+            raise ConfigError("model.finetune.init_adapter with model.finetune.full=true: a LoRA adapter cannot "
+                              "start a full fine-tuning. Drop one of them.")
         return
     if not (isinstance(ft.lora_rank, int) and ft.lora_rank >= 1):
         raise ConfigError(f"model.finetune.lora_rank={ft.lora_rank} is invalid: expected an integer >= 1, e.g. 8.")
@@ -192,27 +217,89 @@ def check_options(ft: Any) -> None:
                           f"{', '.join(LORA_MODULES)} (e.g. [q_proj,v_proj]), or model.finetune.full=true.")
 
 
-def make_trainable(model: Model, cfg: Any) -> SFTTrainable:
+def _check_objective(ft: Any) -> None:
+    """The options of dpo and grpo (each checked whatever the objective: a typo is a typo)."""
+    if not (isinstance(ft.beta, (int, float)) and math.isfinite(ft.beta) and ft.beta > 0):
+        raise ConfigError(f"model.finetune.beta={ft.beta} is invalid: expected a number > 0, e.g. 0.1.")
+    if not (isinstance(ft.group_size, int) and ft.group_size >= 2):
+        raise ConfigError(f"model.finetune.group_size={ft.group_size} is invalid: expected an integer >= 2 (answers "
+                          f"per prompt, compared with each other).")
+    if not (isinstance(ft.max_new_tokens, int) and ft.max_new_tokens >= 1):
+        raise ConfigError(f"model.finetune.max_new_tokens={ft.max_new_tokens} is invalid: expected an integer >= 1.")
+    if not (isinstance(ft.temperature, (int, float)) and math.isfinite(ft.temperature) and ft.temperature > 0):
+        raise ConfigError(f"model.finetune.temperature={ft.temperature} is invalid: expected a number > 0, e.g. 1.0.")
+    if ft.objective == "grpo" and not ft.reward:
+        raise ConfigError("model.finetune.objective=grpo needs a reward: set model.finetune.reward=package.module:"
+                          "function, e.g. plugstack.plugins.support:reward (scores (record, answer) -> float).")
+
+
+def _lora_options(ft: Any) -> dict[str, Any]:
+    return {"rank": ft.lora_rank, "alpha": float(ft.lora_alpha), "scale": float(ft.lora_alpha) / ft.lora_rank,
+            "dropout": float(ft.lora_dropout), "targets": list(ft.lora_targets)}
+
+
+def _start_from(model: Model, llama: Llama, ft: Any) -> dict[str, Any]:
+    """Wrap ``llama`` with the LoRA of ``init_adapter`` and load its matrices; its options."""
+    from safetensors.torch import load_file
+
+    from .adapter import read_adapter
+
+    setting = f"model.finetune.init_adapter={ft.init_adapter}"
+    try:
+        found = read_adapter(ft.init_adapter, hparams=model.info["hparams"], base_digest=model.weights_digest,
+                             base_source=model.source)
+    except PlugstackError as e:
+        raise ConfigError(str(e).replace(f"model.adapter={ft.init_adapter}", setting)) from None
+    if found.kind != "lora":
+        raise ConfigError(f"{setting} holds fully fine-tuned weights; starting from them needs model.path set to "
+                          f"a model directory of them. init_adapter takes a LoRA adapter.")
+    meta = found.meta
+    lora = {"rank": int(meta["rank"]), "alpha": float(meta["alpha"]), "scale": float(meta["scale"]),
+            "dropout": float(ft.lora_dropout), "targets": list(meta["targets"])}
+    add_lora(llama, rank=lora["rank"], alpha=lora["alpha"], dropout=lora["dropout"], targets=lora["targets"])
+    tensors = load_file(str(found.path))
+    own = lora_tensors(llama)
+    with torch.no_grad():
+        for name, p in own.items():
+            p.copy_(tensors[name])  # read_adapter checked every name and shape
+    return {**lora, "init_adapter": {"path": str(found.path), "sha256": found.digest}}
+
+
+def make_trainable(model: Model, cfg: Any) -> LlamaTrainable:
     """``model``'s ``offers["train"]``: its ``Llama`` set up for ``cfg.finetune`` (``cfg``: the
     :class:`~.config.LlamaModelConfig` it was loaded with)."""
     ft = cfg.finetune
     check_options(ft)
     max_length = min(ft.max_length, model.context_length or ft.max_length)  # positions past the context do not exist
     if cfg.adapter:
-        raise ConfigError(f"model.adapter={cfg.adapter} with app=train: training on top of a merged adapter is not "
-                          f"supported yet. Train from the base model (drop model.adapter).")
+        raise ConfigError(f"model.adapter={cfg.adapter} with app=train: the adapter would be merged into the weights "
+                          f"being trained. To go on from it, set model.finetune.init_adapter={cfg.adapter} instead.")
+    if ft.objective == "grpo":
+        from .grpo import reward_function
+
+        reward_function(ft.reward)  # a typo in the reward's name before any data is read
+    llama = model.module
+    lora = None
+    if ft.init_adapter:
+        lora = _start_from(model, llama, ft)
+    elif not ft.full:
+        lora = _lora_options(ft)
+        add_lora(llama, rank=ft.lora_rank, alpha=ft.lora_alpha, dropout=ft.lora_dropout, targets=ft.lora_targets)
+    option = f"model.path={shlex.quote(str(cfg.path))}" if cfg.path else f"model.source={cfg.source}"
+    base = {"digest": model.weights_digest, "source": model.source, "option": option}
+    facts = {"data": str(ft.data), "eval_data": ft.eval_data, "max_length": max_length}
+    common = {"pad_id": model.tokenizer.pad_token_id, "lora": lora, "base": base, "facts": facts}
+    if ft.objective == "dpo":
+        from .dpo import make_dpo
+
+        return make_dpo(model, ft, max_length, **common)
+    if ft.objective == "grpo":
+        from .grpo import make_grpo
+
+        return make_grpo(model, ft, max_length, **common)
     tok = model.tokenizer
     train, skipped = load_examples(ft.data, tok, max_length=max_length)
     held_out = load_examples(ft.eval_data, tok, max_length=max_length,
                              setting="model.finetune.eval_data")[0] if ft.eval_data else []
-    llama = model.module
-    lora = None
-    if not ft.full:
-        lora = {"rank": ft.lora_rank, "alpha": float(ft.lora_alpha), "scale": float(ft.lora_alpha) / ft.lora_rank,
-                "dropout": float(ft.lora_dropout), "targets": list(ft.lora_targets)}
-        add_lora(llama, rank=ft.lora_rank, alpha=ft.lora_alpha, dropout=ft.lora_dropout, targets=ft.lora_targets)
-    option = f"model.path={shlex.quote(str(cfg.path))}" if cfg.path else f"model.source={cfg.source}"
-    base = {"digest": model.weights_digest, "source": model.source, "option": option}
-    facts = {"data": str(ft.data), "eval_data": ft.eval_data, "max_length": max_length, "skipped_too_long": skipped}
-    return SFTTrainable(llama, pad_id=tok.pad_token_id, train=train, held_out=held_out, lora=lora, base=base,
-                        facts=facts)
+    facts["skipped_too_long"] = skipped
+    return SFTTrainable(llama, train=train, held_out=held_out, **common)

@@ -1,6 +1,11 @@
-"""Chat-format JSONL for supervised fine-tuning, tokenised with the model's own chat template.
+"""Chat-format JSONL for fine-tuning, tokenised with the model's own chat template.
 
-One conversation a line: ``{"messages": [{"role": "user", "content": "..."}, {"role":
+Three formats, one JSON object a line (blank lines skipped): SFT conversations (below),
+DPO preference pairs ``{"prompt": [turns ending with the user's], "chosen": [assistant
+turns], "rejected": [assistant turns]}`` (TRL's conversational format) and GRPO prompts
+``{"prompt": [turns ending with the user's], ...}`` whose other keys go to the reward.
+
+An SFT conversation is ``{"messages": [{"role": "user", "content": "..."}, {"role":
 "assistant", "content": "..."}, ...]}`` (blank lines are skipped). A conversation is
 rendered whole, as the model will see it when it answers, and each token is marked as the
 assistant's or not: the loss is taken on the assistant's tokens only (its replies and the
@@ -22,7 +27,8 @@ from typing import Any
 
 from plugstack.errors import ConfigError, GenerationError
 
-__all__ = ["Example", "encode_conversation", "load_examples", "read_conversations"]
+__all__ = ["Example", "Pair", "Prompt", "encode_conversation", "json_lines", "load_examples", "load_pairs",
+           "load_prompts", "read_conversations"]
 
 
 @dataclass(frozen=True)
@@ -44,12 +50,7 @@ def _message_error(where: str, i: int, m: Any) -> str | None:
     return None
 
 
-def _conversation(line: str, where: str) -> list[dict[str, str]]:
-    try:
-        record = json.loads(line)
-    except ValueError as e:
-        raise ConfigError(f"{where}: not valid JSON ({e}). Each line must be one conversation, "
-                          f'{{"messages": [{{"role": "user", "content": "..."}}, ...]}}.') from None
+def _conversation(record: Any, where: str) -> list[dict[str, str]]:
     messages = record.get("messages") if isinstance(record, dict) else None
     if not isinstance(messages, list) or not messages:
         got = f"an object with keys {sorted(record)}" if isinstance(record, dict) else type(record).__name__
@@ -63,9 +64,8 @@ def _conversation(line: str, where: str) -> list[dict[str, str]]:
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
-def read_conversations(path: str | Path,
-                       setting: str = "model.finetune.data") -> list[tuple[str, list[dict[str, str]]]]:
-    """``(file:line, messages)`` of every conversation in the JSONL file at ``path``."""
+def json_lines(path: str | Path, setting: str) -> list[tuple[str, Any]]:
+    """``(file:line, value)`` of every non-blank line of the JSONL file at ``path``."""
     path = Path(path).expanduser()
     try:
         raw = path.read_bytes()
@@ -79,11 +79,21 @@ def read_conversations(path: str | Path,
             text = line.decode("utf-8").strip()
         except UnicodeDecodeError as e:
             raise ConfigError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start}).") from None
-        if text:
-            out.append((where, _conversation(text, where)))
+        if not text:
+            continue
+        try:
+            out.append((where, json.loads(text)))
+        except ValueError as e:
+            raise ConfigError(f"{where}: not valid JSON ({e}). Each line must be one JSON object.") from None
     if not out:
-        raise ConfigError(f"{setting}={path} holds no conversation (the file is empty).")
+        raise ConfigError(f"{setting}={path} holds no record (the file is empty).")
     return out
+
+
+def read_conversations(path: str | Path,
+                       setting: str = "model.finetune.data") -> list[tuple[str, list[dict[str, str]]]]:
+    """``(file:line, messages)`` of every conversation in the JSONL file at ``path``."""
+    return [(where, _conversation(record, where)) for where, record in json_lines(path, setting)]
 
 
 def _assistant_spans(tokenizer: Any, messages: Sequence[dict[str, str]], text: str,
@@ -119,13 +129,17 @@ def encode_conversation(tokenizer: Any, messages: Sequence[dict[str, str]], *, m
     return Example(tuple(ids), tuple(targets), where)
 
 
+def _check_chat(tokenizer: Any, setting: str) -> None:
+    if getattr(tokenizer, "backend", None) is None or getattr(tokenizer, "chat_template", None) is None:
+        raise ConfigError(f"{setting}: this model's tokenizer has no chat template, which chat-format training "
+                          f"data needs. Use a model that ships one.")
+
+
 def load_examples(path: str | Path, tokenizer: Any, *, max_length: int,
                   setting: str = "model.finetune.data") -> tuple[list[Example], int]:
     """Every conversation of ``path`` as an :class:`Example`, and how many were left out
     because ``max_length`` cut away all of their replies."""
-    if getattr(tokenizer, "backend", None) is None or getattr(tokenizer, "chat_template", None) is None:
-        raise ConfigError(f"{setting}: this model's tokenizer has no chat template, which chat-format training "
-                          f"data needs. Use a model that ships one.")
+    _check_chat(tokenizer, setting)
     examples = [encode_conversation(tokenizer, m, max_length=max_length, where=w)
                 for w, m in read_conversations(path, setting)]
     kept = [e for e in examples if any(e.targets)]
@@ -133,3 +147,80 @@ def load_examples(path: str | Path, tokenizer: Any, *, max_length: int,
         raise ConfigError(f"{setting}={path}: model.finetune.max_length={max_length} cuts away every reply of "
                           f"every conversation. Raise model.finetune.max_length.")
     return kept, len(examples) - len(kept)
+
+
+def _turns(record: dict[str, Any], key: str, where: str, *, roles: tuple[str, ...]) -> list[dict[str, str]]:
+    turns = record.get(key)
+    if not isinstance(turns, list) or not turns:
+        raise ConfigError(f"{where}: {key!r} must be a non-empty list of {{\"role\", \"content\"}} objects.")
+    for i, m in enumerate(turns):
+        why = _message_error(where, i, m) or (None if m["role"] in roles else
+                                              f"message {i} has role {m['role']!r}, expected {' or '.join(roles)}")
+        if why:
+            raise ConfigError(f"{where}: {key}: {why}.")
+    return [{"role": m["role"], "content": m["content"]} for m in turns]
+
+
+def _prompt(record: Any, where: str, kind: str) -> list[dict[str, str]]:
+    if not isinstance(record, dict):
+        raise ConfigError(f"{where}: expected a {kind} object with a 'prompt' list, got {type(record).__name__}.")
+    prompt = _turns(record, "prompt", where, roles=("system", "user", "assistant"))
+    if prompt[-1]["role"] != "user":
+        raise ConfigError(f"{where}: 'prompt' must end with a user turn (the one to answer), not "
+                          f"{prompt[-1]['role']!r}.")
+    return prompt
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One DPO preference: the prompt with the chosen answer, and with the rejected one."""
+
+    chosen: Example
+    rejected: Example
+    where: str
+
+
+def load_pairs(path: str | Path, tokenizer: Any, *, max_length: int,
+               setting: str = "model.finetune.data") -> tuple[list[Pair], int]:
+    """Every preference pair of ``path`` (see the module) as two :class:`Example` s, and how
+    many were left out because ``max_length`` cut away all of either answer."""
+    _check_chat(tokenizer, setting)
+    pairs = []
+    for where, record in json_lines(path, setting):
+        prompt = _prompt(record, where, "preference")
+        sides = [encode_conversation(tokenizer, prompt + _turns(record, key, where, roles=("assistant",)),
+                                     max_length=max_length, where=where) for key in ("chosen", "rejected")]
+        pairs.append(Pair(*sides, where))
+    kept = [p for p in pairs if any(p.chosen.targets) and any(p.rejected.targets)]
+    if not kept:
+        raise ConfigError(f"{setting}={path}: model.finetune.max_length={max_length} cuts away the answers of "
+                          f"every pair. Raise model.finetune.max_length.")
+    return kept, len(pairs) - len(kept)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One GRPO prompt: its token ids (rendered to be answered) and the record the reward reads."""
+
+    ids: tuple[int, ...]
+    record: dict[str, Any]
+    where: str
+
+
+def load_prompts(path: str | Path, tokenizer: Any, *, max_length: int,
+                 setting: str = "model.finetune.data") -> list[Prompt]:
+    """Every prompt of ``path``; one longer than ``max_length`` tokens is an error naming it."""
+    _check_chat(tokenizer, setting)
+    out = []
+    for where, record in json_lines(path, setting):
+        prompt = _prompt(record, where, "prompt")
+        try:
+            text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True)
+        except GenerationError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        ids = tuple(tokenizer.backend.encode(text, add_special_tokens=True).ids)
+        if len(ids) >= max_length:
+            raise ConfigError(f"{where}: the prompt is {len(ids)} tokens, which leaves no room for an answer within "
+                              f"model.finetune.max_length={max_length}. Shorten it or raise the limit.")
+        out.append(Prompt(ids, dict(record), where))
+    return out
