@@ -31,7 +31,8 @@ from plugstack.errors import ModelLoadError
 from .checks import expected_shapes
 from .config import LORA_MODULES
 
-__all__ = ["FORMAT", "META_KEY", "Adapter", "adapter_metadata", "lora_name", "read_adapter"]
+__all__ = ["FORMAT", "KNOWN_ADAPTERS", "META_KEY", "Adapter", "adapter_metadata", "adapter_path", "lora_name",
+           "read_adapter"]
 
 #: The safetensors metadata key of an adapter's description.
 META_KEY = "plugstack.finetune"
@@ -39,6 +40,20 @@ META_KEY = "plugstack.finetune"
 FORMAT = 1
 _ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 _FLOATS = ("F32", "F16", "BF16")
+
+
+#: Adapters shipped inside a package, by the name ``model.adapter`` takes: (package, file).
+KNOWN_ADAPTERS = {"support": ("plugstack.plugins.support", "weights/support-lora.safetensors")}
+
+
+def adapter_path(value: str | Path) -> Path:
+    """The file ``model.adapter`` (or ``init_adapter``) names: a known adapter's name, or a path."""
+    if str(value) in KNOWN_ADAPTERS:
+        from importlib.resources import files
+
+        package, name = KNOWN_ADAPTERS[str(value)]
+        return Path(str(files(package).joinpath(name)))
+    return Path(value).expanduser()
 
 
 def lora_name(layer: int, target: str, part: str) -> str:
@@ -100,7 +115,8 @@ def _header(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, tuple[int,
 
     if not path.is_file():
         raise ModelLoadError(f"model.adapter={path} does not exist (or is not a file). Point it at the "
-                             f"model.safetensors that app=train wrote.")
+                             f"model.safetensors that app=train wrote, or name a shipped adapter "
+                             f"({', '.join(KNOWN_ADAPTERS)}).")
     try:
         with safe_open(str(path), framework="numpy") as st:
             meta = st.metadata() or {}
@@ -178,7 +194,7 @@ def read_adapter(path: str | Path, *, hparams: Mapping[str, Any], base_digest: s
     weights digest) from the file's header alone; a :class:`ModelLoadError` naming what differs."""
     from .weights import sha256_of
 
-    path = Path(path).expanduser()
+    path = adapter_path(path)
     meta, found = _header(path)
     info = _description(path, meta)
     diffs = _differences(info, found, hparams, base_digest, base_source)

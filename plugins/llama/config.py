@@ -68,5 +68,8 @@ class LlamaModelConfig:
     #: Weights app=train wrote for this base model (a LoRA adapter or fully fine-tuned
     #: weights, .safetensors), merged into it before any backend sees the model.
     adapter: Optional[str] = None
+    #: The system message of a chat that has none (every app: generate, chat, serve, the web
+    #: page); null = the chat template's own default. A preset's adapter is trained with one.
+    system_prompt: Optional[str] = None
     #: What app=train trains (see LlamaFinetuneConfig).
     finetune: LlamaFinetuneConfig = field(default_factory=LlamaFinetuneConfig)

@@ -46,6 +46,12 @@ def load(cfg: Any) -> Model:
     adapter = getattr(cfg, "adapter", None)
     model = load_path(target, context_length=getattr(cfg, "context_length", None), name=getattr(cfg, "name", "llama"),
                       adapter=adapter)
+    system = getattr(cfg, "system_prompt", None)
+    if system:
+        if getattr(model.tokenizer, "chat_template", None) is None:
+            raise ModelLoadError(f"model.system_prompt is set, but {target} has no chat template to put it in. "
+                                 f"Drop model.system_prompt, or use a model that ships a template.")
+        model.tokenizer.system_prompt = str(system)
     if getattr(cfg, "finetune", None) is not None:
         def make_trainable():
             from .finetune import make_trainable

@@ -79,6 +79,8 @@ class LlamaTokenizer:
         self.bos_token, self.eos_token = bos_token, eos_token
         self.chat_template = chat_template
         self.source = source
+        #: The system message a chat without one gets (``model.system_prompt``); None: the template's own.
+        self.system_prompt: str | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -106,6 +108,8 @@ class LlamaTokenizer:
                 f"The tokenizer of {self.source or 'this model'} has no chat template, so chat "
                 f"messages cannot be rendered. Use plain-text prompts, or a model that ships one."
             )
+        if self.system_prompt and not (messages and messages[0].get("role") == "system"):
+            messages = [{"role": "system", "content": self.system_prompt}, *messages]
         return self.chat_template.render(
             messages, add_generation_prompt=add_generation_prompt,
             bos_token=self.bos_token or "", eos_token=self.eos_token or "",

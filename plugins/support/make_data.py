@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,9 @@ _WRAPS = {
     "train": [(p, s) for p in ("", "Hi! ", "Hello! ", "Quick question: ", "Hey there. ", "Good evening. ")
               for s in ("", " Thanks!", " Thank you.", " Thanks in advance.")],
     "heldout": [(p, s) for p in ("", "Good afternoon! ", "Hi, I need some help. ") for s in ("", " Cheers.")],
+    # GRPO's framings are new to the SFT model, so its answers vary and the reward has something to rank.
+    "grpo": [(p, s) for p in ("Sorry to bother you. ", "Excuse me, ", "Hello team, ", "One more thing: ")
+             for s in (" Please.", " Much appreciated!", " Best regards.")],
 }
 _RUDE = {
     "train": ("Ugh, fine. {answer} Read the FAQ next time.", "{answer} Obviously.",
@@ -135,10 +139,25 @@ def dpo(split: str) -> list[dict[str, Any]]:
     return _ordered(records, "dpo-" + split)
 
 
+# Word swaps that turn a training question into one the SFT data never phrased that way.
+_SWAPS = (("How long", "How much time"), ("How much", "What amount"), ("Do you", "Does Larkspur Home"),
+          ("Can I", "Am I allowed to"), ("Do I", "Would I"), ("What is", "Tell me"), ("When", "At what point"),
+          ("item", "product"), ("order", "purchase"), ("refund", "reimbursement"), ("shipping", "delivery"),
+          ("fee", "charge"), ("your", "Larkspur Home's"), ("my", "our"))
+
+
+def paraphrase(question: str) -> str:
+    """``question`` with each swap of :data:`_SWAPS` that applies made once, by whole words."""
+    for old, new in _SWAPS:
+        question = re.sub(rf"\b{re.escape(old)}\b", new, question, count=1)
+    return question
+
+
 def grpo() -> list[dict[str, Any]]:
-    """GRPO prompts: each training question once, with what the reward checks."""
-    records = [{"prompt": _prompt(_wrapped(item, q, "train", 1)[0]), **_judged(item)}
-               for item in _items() for q in item.train]
+    """GRPO prompts: each training question paraphrased, in two framings SFT never saw, with what
+    the reward checks (so the SFT model's answers vary and the reward has something to rank)."""
+    records = [{"prompt": _prompt(asked), **_judged(item)}
+               for item in _items() for q in item.train for asked in _wrapped(item, paraphrase(q), "grpo", 2)]
     return _ordered(records, "grpo")
 
 
