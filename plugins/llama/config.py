@@ -26,6 +26,8 @@ class LlamaFinetuneConfig:
     init_adapter: Optional[str] = None
     #: dpo: the strength of the pull towards the reference (beta of the DPO loss).
     beta: float = 0.1
+    #: dpo: weight of the chosen answers' next-token loss added to DPO's (RPO); 0 = plain DPO.
+    sft_weight: float = 0.0
     #: grpo: "package.module:function" scoring (record, answer) -> float, the record being the prompt's JSONL object.
     reward: Optional[str] = None
     #: grpo: answers sampled per prompt; each is scored against its group's mean and spread.

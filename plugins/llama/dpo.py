@@ -5,8 +5,10 @@ Each pair is the prompt with the chosen answer and with the rejected one. The lo
 each ``log π`` summed over the answer's tokens. The reference ``π_ref`` is where training
 started (the base model, or ``model.finetune.init_adapter``, e.g. the SFT adapter): a frozen
 copy of the trained parameters, run with ``torch.func.functional_call`` so the model is held
-once. The logged ``accuracy`` is the share of pairs whose margin is positive: the implicit
-reward prefers the chosen answer.
+once. ``model.finetune.sft_weight`` adds that much of the chosen answers' next-token loss
+(RPO, Pang et al., 2024): plain DPO lowers the chosen answers' likelihood too, when they
+share most tokens with the rejected ones. The logged ``accuracy`` is the share of pairs
+whose margin is positive: the implicit reward prefers the chosen answer.
 """
 
 from __future__ import annotations
@@ -47,9 +49,10 @@ class DPOTrainable(LlamaTrainable):
 
     objective = "dpo"
 
-    def __init__(self, llama: Llama, *, train: list[Pair], held_out: list[Pair], beta: float, **common: Any) -> None:
+    def __init__(self, llama: Llama, *, train: list[Pair], held_out: list[Pair], beta: float, sft_weight: float = 0.0,
+                 **common: Any) -> None:
         super().__init__(llama, **common)
-        self.train, self.held_out, self.beta = train, held_out, float(beta)
+        self.train, self.held_out, self.beta, self.sft_weight = train, held_out, float(beta), float(sft_weight)
         self.reference = self.trained_copy()  # before any step, also on resume: make() runs before the restore
 
     def batches(self, split: str, *, batch_size: int, seed: int, rank: int = 0,
@@ -74,16 +77,20 @@ class DPOTrainable(LlamaTrainable):
         finally:
             self.module.train(was)
 
-    def margins(self, module: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """``[B]``: each pair's implicit-reward margin ``m`` (see the module)."""
+    def margins(self, module: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([B], [2B])``: each pair's implicit-reward margin ``m`` (see the module), and the
+        policy's log-probability of each answer."""
         reference = self.reference_logprobs(batch)  # [2B]
-        gained = sequence_logprobs(module, batch) - reference
-        chosen, rejected = gained.chunk(2)
-        return chosen - rejected
+        policy = sequence_logprobs(module, batch)
+        chosen, rejected = (policy - reference).chunk(2)
+        return chosen - rejected, policy
 
     def loss(self, module: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        m = self.margins(module, batch)
+        m, policy = self.margins(module, batch)
         loss = -F.logsigmoid(self.beta * m).mean()
+        if self.sft_weight:  # RPO: the chosen answers' own likelihood keeps them from sinking with the rejected
+            chosen_tokens = batch["select"][: m.shape[0]].sum()
+            loss = loss - self.sft_weight * policy[: m.shape[0]].sum() / chosen_tokens
         return loss, {"accuracy": float((m > 0).float().mean()), "margin": float(self.beta * m.mean().detach())}
 
     def evaluate(self, module: nn.Module, *, batch_size: int, seed: int) -> dict[str, float]:
@@ -91,13 +98,14 @@ class DPOTrainable(LlamaTrainable):
         if not self.held_out:
             return {}
         device = next(module.parameters()).device
-        m = torch.cat([self.margins(module, to_device(b, device))
+        m = torch.cat([self.margins(module, to_device(b, device))[0]
                        for b in self.batches("eval", batch_size=batch_size, seed=seed)])
         return {"eval_loss": float(-F.logsigmoid(self.beta * m).mean()),
                 "eval_accuracy": float((m > 0).float().mean()), "eval_margin": float(self.beta * m.mean())}
 
     def sizes(self) -> dict[str, Any]:
-        return {"beta": self.beta, "train_pairs": len(self.train), "eval_pairs": len(self.held_out)}
+        return {"beta": self.beta, "sft_weight": self.sft_weight, "train_pairs": len(self.train),
+                "eval_pairs": len(self.held_out)}
 
 
 def make_dpo(model: Model, ft: Any, max_length: int, **common: Any) -> DPOTrainable:
@@ -106,4 +114,5 @@ def make_dpo(model: Model, ft: Any, max_length: int, **common: Any) -> DPOTraina
     held_out = load_pairs(ft.eval_data, tok, max_length=max_length,
                           setting="model.finetune.eval_data")[0] if ft.eval_data else []
     common["facts"]["skipped_too_long"] = skipped
-    return DPOTrainable(model.module, train=train, held_out=held_out, beta=ft.beta, **common)
+    return DPOTrainable(model.module, train=train, held_out=held_out, beta=ft.beta, sft_weight=ft.sft_weight,
+                        **common)

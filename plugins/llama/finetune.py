@@ -221,6 +221,9 @@ def _check_objective(ft: Any) -> None:
     """The options of dpo and grpo (each checked whatever the objective: a typo is a typo)."""
     if not (isinstance(ft.beta, (int, float)) and math.isfinite(ft.beta) and ft.beta > 0):
         raise ConfigError(f"model.finetune.beta={ft.beta} is invalid: expected a number > 0, e.g. 0.1.")
+    if not (isinstance(ft.sft_weight, (int, float)) and math.isfinite(ft.sft_weight) and ft.sft_weight >= 0):
+        raise ConfigError(f"model.finetune.sft_weight={ft.sft_weight} is invalid: expected a number >= 0 (0: plain "
+                          f"DPO).")
     if not (isinstance(ft.group_size, int) and ft.group_size >= 2):
         raise ConfigError(f"model.finetune.group_size={ft.group_size} is invalid: expected an integer >= 2 (answers "
                           f"per prompt, compared with each other).")

@@ -173,6 +173,7 @@ def test_grpo_killed_with_sigkill_resumes_to_the_uninterrupted_adapter(tiny_mode
     (["model.finetune.objective=grpo", "model.finetune.reward=tiny_reward"], ["is not package.module:function"]),
     (["model.finetune.objective=dpo", "model.finetune.beta=0"], ["model.finetune.beta=0.0 is invalid"]),
     (["model.finetune.group_size=1"], ["model.finetune.group_size=1 is invalid"]),
+    (["model.finetune.sft_weight=-1"], ["model.finetune.sft_weight=-1.0 is invalid"]),
     (["model.finetune.temperature=-1"], ["model.finetune.temperature=-1.0 is invalid"]),
     (["model.finetune.objective=ppo"], ["objective='ppo' is not known", "sft | dpo | grpo"]),
     (["model.finetune.full=true", "model.finetune.init_adapter=x.safetensors"], ["cannot start a full fine-tuning"]),
@@ -218,3 +219,29 @@ def test_an_init_adapter_of_another_model_is_refused(trained, tiny_model_dir, pa
     argv = dpo_argv(other, pairs, tmp_path / "t", f"model.finetune.init_adapter={trained / 'model.safetensors'}")
     check(plugstack(argv), 2, ["model.finetune.init_adapter=", "does not fit this model"])
 
+
+
+def test_sft_weight_adds_the_chosen_answers_next_token_loss(tiny_model_dir, pairs):
+    import torch
+    import torch.nn.functional as F
+
+    from plugstack.plugins.llama.config import LlamaFinetuneConfig, LlamaModelConfig
+    from plugstack.plugins.llama.loader import load
+
+    def trainable(weight):
+        ft = LlamaFinetuneConfig(objective="dpo", data=str(pairs), lora_dropout=0.0, sft_weight=weight)
+        return load(LlamaModelConfig(path=str(tiny_model_dir), finetune=ft)).offers["train"]()
+
+    plain, rpo = trainable(0.0), trainable(0.5)
+    batch = next(plain.batches("train", batch_size=4, seed=0))
+    with torch.no_grad():
+        dpo_loss, _ = plain.loss(plain.module, batch)
+        rpo_loss, _ = rpo.loss(rpo.module, batch)
+    assert dpo_loss == pytest.approx(math.log(2), abs=1e-6)
+    rows = batch["input_ids"].shape[0] // 2
+    chosen = {k: v[:rows] for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        logits = rpo.module(chosen["input_ids"], chosen["attention_mask"], chosen["select"])
+        labels = chosen["input_ids"][:, 1:][chosen["select"][:, :-1]]
+        nll = F.cross_entropy(logits, labels)
+    assert rpo_loss == pytest.approx(math.log(2) + 0.5 * float(nll), abs=1e-5)
