@@ -86,6 +86,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--eager", action="store_true", help="also answer on cpu and compare with the onnx answers")
     p.add_argument("--speed", action="store_true", help="time decoding of base and adapters on onnx")
+    p.add_argument("--speed-only", action="store_true", help="only the --speed table")
     p.add_argument("--speed-quantize", default="null,int8", help="onnx backend.quantize values to time")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--hard-from", default=None, help="the variant whose wrong answers make the hard pairs "
@@ -124,6 +125,9 @@ def main() -> None:
     records = read_sft(data_path("sft_heldout"))
     records = records[: args.limit] if args.limit else records
     variants = [("base", None), *(tuple(v.split("=", 1)) for v in args.variant)]
+    if args.speed_only:
+        speed(args, variants)
+        return
     report, shipped_lp, texts_of = {}, {}, {}
     for name, adapter in variants:
         model = load(LlamaModelConfig(source="smollm2", adapter=adapter))
