@@ -106,7 +106,12 @@ class Session:
             self.note(f"System message: {current}" if current else "No system message (/system <text> sets one).")
             return
         self.conversation.system = None if arg == "-" else arg
-        self.note("System message removed." if arg == "-" else "System message set; it applies from the next reply.")
+        if arg != "-":
+            self.note("System message set; it applies from the next reply.")
+            return
+        default = getattr(self.ctx.model.tokenizer, "system_prompt", None)
+        self.note(f"System message removed; the model's own (model.system_prompt) applies again: {default}"
+                  if default else "System message removed.")
 
     def reply(self, message: str) -> None:
         """Answer ``message`` with the conversation so far, streaming the answer to ``out``."""
@@ -172,7 +177,8 @@ class ChatApp(App):
             raise ConfigError(f"Model {ctx.model.name!r} has no tokenizer, so the chat app cannot use it: "
                               f"choose a text model.")
         interactive = sys.stdin is not None and sys.stdin.isatty()  # None: fd 0 closed, read as empty
-        session = Session(ctx, params, system=self.cfg.system, out=ctx.stdout, notes=sys.stderr,
+        system = self.cfg.system or getattr(ctx.model.tokenizer, "system_prompt", None)  # /system shows what applies
+        session = Session(ctx, params, system=system, out=ctx.stdout, notes=sys.stderr,
                           interruptible=interactive)
         self._check(session)
         if interactive:

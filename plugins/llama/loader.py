@@ -43,10 +43,13 @@ def load(cfg: Any) -> Model:
             "No weights given: set model.path=/path/to/model.gguf (or a Hugging Face directory), "
             "or model.source=smollm2 for the default model."
         )
+    system = getattr(cfg, "system_prompt", None)
+    if system is not None and not str(system).strip():
+        raise ModelLoadError("model.system_prompt is empty: give it text, or null (model.system_prompt=null) for "
+                             "the chat template's own default.")
     adapter = getattr(cfg, "adapter", None)
     model = load_path(target, context_length=getattr(cfg, "context_length", None), name=getattr(cfg, "name", "llama"),
                       adapter=adapter)
-    system = getattr(cfg, "system_prompt", None)
     if system:
         if getattr(model.tokenizer, "chat_template", None) is None:
             raise ModelLoadError(f"model.system_prompt is set, but {target} has no chat template to put it in. "

@@ -177,3 +177,12 @@ def test_importing_the_app_loads_neither_prompt_toolkit_nor_torch():
             "print(sorted(m for m in ('prompt_toolkit', 'torch') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_removing_the_system_message_says_the_models_own_applies_again(make_session, monkeypatch):
+    s = make_session(system="Old.")
+    monkeypatch.setattr(s.ctx.model.tokenizer, "system_prompt", "Be a shop.", raising=False)
+    s.handle("/system -")
+    assert s.conversation.system is None
+    said = "System message removed; the model's own (model.system_prompt) applies again: Be a shop."
+    assert said in s.notes.getvalue()

@@ -44,3 +44,11 @@ def test_an_unknown_adapter_name_says_which_are_shipped(tiny_model_dir):
 
     with pytest.raises(ModelLoadError, match=r"does not exist .* name a shipped adapter \(support\)"):
         load(LlamaModelConfig(path=str(tiny_model_dir), adapter="suport"))
+
+
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_system_prompt_is_refused_saying_how_to_turn_it_off(tiny_model_dir, empty):
+    from plugstack.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match=r"model.system_prompt is empty: .*\(model.system_prompt=null\)"):
+        load(LlamaModelConfig(path=str(tiny_model_dir), system_prompt=empty))
