@@ -11,7 +11,17 @@ from typing import Any
 from .backend import Availability
 from .errors import PluginError
 
-__all__ = ["Entry", "PluginRecord"]
+__all__ = ["Entry", "PluginRecord", "import_ref"]
+
+
+def import_ref(ref: str) -> Any:
+    """The object ``"package.module:attr.path"`` names (the module itself without ``:attr``);
+    ImportError or AttributeError when it is not there, for the caller to word."""
+    module_name, _, attr = ref.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split(".") if attr else ():
+        obj = getattr(obj, part)
+    return obj
 
 
 @dataclass
@@ -31,11 +41,8 @@ class Entry:
         """The factory itself, importing ``"module:attr"`` on first use."""
         if not isinstance(self.factory_ref, str):
             return self.factory_ref
-        module_name, _, attr = self.factory_ref.partition(":")
         try:
-            obj: Any = importlib.import_module(module_name)
-            for part in attr.split(".") if attr else ():
-                obj = getattr(obj, part)
+            obj = import_ref(self.factory_ref)
         except Exception as exc:  # a broken plugin must say which plugin it is
             raise PluginError(
                 f"Plugin {self.plugin!r} registered {self.kind} {self.name!r} as "

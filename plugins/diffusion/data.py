@@ -14,11 +14,11 @@ second moments, each split into thirds *within its digit* (a 7's shape shears ri
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 import numpy as np
 
+from plugstack.entries import import_ref
 from plugstack.errors import ConfigError
 
 __all__ = ["CaptionedImages", "digits", "ink", "load_data", "slant"]
@@ -129,11 +129,10 @@ def load_data(name: str, size: int) -> CaptionedImages:
     """``"digits"`` or a ``"package.module:function"`` returning :class:`CaptionedImages`."""
     if name == "digits":
         return digits(size)
-    module, _, attr = name.partition(":")
-    if not attr:
+    if not name.partition(":")[2]:
         raise ConfigError(f"model.data={name!r} is neither 'digits' nor 'package.module:function'.")
     try:
-        data = getattr(importlib.import_module(module), attr)()
+        data = import_ref(name)()
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"model.data={name!r} cannot be loaded: {exc}. Give 'package.module:function'.") from None
     if not isinstance(data, CaptionedImages):

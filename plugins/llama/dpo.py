@@ -14,7 +14,7 @@ whose margin is positive: the implicit reward prefers the chosen answer.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plugstack.model import Model
-from plugstack.training import epoch_shards, to_device
+from plugstack.training import to_device
 
 from .finetune import LlamaTrainable, collate
 from .model import Llama
@@ -48,23 +48,15 @@ class DPOTrainable(LlamaTrainable):
     """DPO on preference pairs (see the module)."""
 
     objective = "dpo"
+    items = "preference pairs"
 
-    def __init__(self, llama: Llama, *, train: list[Pair], held_out: list[Pair], beta: float, sft_weight: float = 0.0,
-                 **common: Any) -> None:
+    def __init__(self, llama: Llama, *, beta: float, sft_weight: float = 0.0, **common: Any) -> None:
         super().__init__(llama, **common)
-        self.train, self.held_out, self.beta, self.sft_weight = train, held_out, float(beta), float(sft_weight)
+        self.beta, self.sft_weight = float(beta), float(sft_weight)
         self.reference = self.trained_copy()  # before any step, also on resume: make() runs before the restore
 
-    def batches(self, split: str, *, batch_size: int, seed: int, rank: int = 0,
-                world_size: int = 1) -> Iterator[dict[str, torch.Tensor]]:
-        if split == "eval":
-            for start in range(0, len(self.held_out), batch_size):
-                yield pair_batch(self.held_out[start : start + batch_size], self.pad_id)
-            return
-        for _, order in epoch_shards(len(self.train), batch_size=batch_size, seed=seed, rank=rank,
-                                     world_size=world_size, items="preference pairs", source="model.finetune.data"):
-            for start in range(0, len(order), batch_size):
-                yield pair_batch([self.train[i] for i in order[start : start + batch_size]], self.pad_id)
+    def make_batch(self, rows: list[Pair]) -> dict[str, torch.Tensor]:
+        return pair_batch(rows, self.pad_id)
 
     @torch.no_grad()
     def reference_logprobs(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -101,12 +101,31 @@ class LlamaTrainable(Trainable):
     (the adapter's matrices, or every weight) with its description."""
 
     objective = ""
+    #: What :attr:`train` holds, in messages (``app.batch_size`` too large for it).
+    items = "examples"
 
-    def __init__(self, llama: Llama, *, pad_id: int, lora: Mapping[str, Any] | None, base: Mapping[str, str],
-                 facts: Mapping[str, Any]) -> None:
+    def __init__(self, llama: Llama, *, train: list[Any], held_out: list[Any], pad_id: int,
+                 lora: Mapping[str, Any] | None, base: Mapping[str, str], facts: Mapping[str, Any]) -> None:
         self.module = CausalLM(llama)
-        self.llama, self.pad_id = llama, pad_id
+        self.llama, self.train, self.held_out, self.pad_id = llama, train, held_out, pad_id
         self.lora, self.base, self.facts = dict(lora) if lora else None, dict(base), dict(facts)
+
+    def make_batch(self, rows: list[Any]) -> dict[str, torch.Tensor]:
+        """Rows of :attr:`train` or :attr:`held_out` as one batch."""
+        raise NotImplementedError
+
+    def batches(self, split: str, *, batch_size: int, seed: int, rank: int = 0,
+                world_size: int = 1) -> Iterator[dict[str, torch.Tensor]]:
+        """``"eval"``: the held-out rows once, in order; else this rank's share of
+        :attr:`train`, epoch after epoch (:func:`plugstack.training.epoch_shards`)."""
+        if split == "eval":
+            for start in range(0, len(self.held_out), batch_size):
+                yield self.make_batch(self.held_out[start : start + batch_size])
+            return
+        for _, order in epoch_shards(len(self.train), batch_size=batch_size, seed=seed, rank=rank,
+                                     world_size=world_size, items=self.items, source="model.finetune.data"):
+            for start in range(0, len(order), batch_size):
+                yield self.make_batch([self.train[i] for i in order[start : start + batch_size]])
 
     def trained_copy(self) -> dict[str, torch.Tensor]:
         """The trained parameters as they are now, by the module's names (a frozen reference)."""
@@ -150,21 +169,10 @@ class SFTTrainable(LlamaTrainable):
     """Next-token loss on the assistant's tokens of chat conversations (see the module)."""
 
     objective = "sft"
+    items = "conversations"
 
-    def __init__(self, llama: Llama, *, train: list[Example], held_out: list[Example], **common: Any) -> None:
-        super().__init__(llama, **common)
-        self.train, self.held_out = train, held_out
-
-    def batches(self, split: str, *, batch_size: int, seed: int, rank: int = 0,
-                world_size: int = 1) -> Iterator[dict[str, torch.Tensor]]:
-        if split == "eval":
-            for start in range(0, len(self.held_out), batch_size):
-                yield collate(self.held_out[start : start + batch_size], self.pad_id)
-            return
-        for _, order in epoch_shards(len(self.train), batch_size=batch_size, seed=seed, rank=rank,
-                                     world_size=world_size, items="conversations", source="model.finetune.data"):
-            for start in range(0, len(order), batch_size):
-                yield collate([self.train[i] for i in order[start : start + batch_size]], self.pad_id)
+    def make_batch(self, rows: list[Example]) -> dict[str, torch.Tensor]:
+        return collate(rows, self.pad_id)
 
     def loss(self, module: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         logits = module(batch["input_ids"], batch["attention_mask"], batch["select"])
@@ -280,7 +288,7 @@ def make_trainable(model: Model, cfg: Any) -> LlamaTrainable:
     if ft.objective == "grpo":
         from .grpo import reward_function
 
-        reward_function(ft.reward)  # a typo in the reward's name before any data is read
+        reward = reward_function(ft.reward)  # a typo in the reward's name before any data is read
     llama = model.module
     lora = None
     if ft.init_adapter:
@@ -299,7 +307,7 @@ def make_trainable(model: Model, cfg: Any) -> LlamaTrainable:
     if ft.objective == "grpo":
         from .grpo import make_grpo
 
-        return make_grpo(model, ft, max_length, **common)
+        return make_grpo(model, ft, max_length, reward, **common)
     tok = model.tokenizer
     train, skipped = load_examples(ft.data, tok, max_length=max_length)
     held_out = load_examples(ft.eval_data, tok, max_length=max_length,

@@ -13,18 +13,17 @@ so a resumed run samples what the uninterrupted one did.
 
 from __future__ import annotations
 
-import importlib
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from plugstack.entries import import_ref
 from plugstack.errors import ConfigError, PluginError
 from plugstack.model import Model
 from plugstack.sampling import SamplingParams
-from plugstack.training import epoch_shards
 
 from .dpo import sequence_logprobs
 from .finetune import LlamaTrainable, collate
@@ -43,7 +42,7 @@ def reward_function(spec: str | None) -> Reward:
         raise ConfigError(f"model.finetune.reward={spec!r} is not package.module:function, e.g. "
                           f"plugstack.plugins.support:reward.")
     try:
-        fn = getattr(importlib.import_module(module), name)
+        fn = import_ref(str(spec))
     except (ImportError, AttributeError) as e:
         raise ConfigError(f"model.finetune.reward={spec}: cannot be imported ({e}). Check the module is installed "
                           f"and defines {name}.") from None
@@ -62,20 +61,16 @@ class GRPOTrainable(LlamaTrainable):
     """GRPO on prompts and a reward (see the module)."""
 
     objective = "grpo"
+    items = "prompts"
 
-    def __init__(self, llama: Llama, *, prompts: list[Prompt], held_out: list[Prompt], reward: Reward,
-                 spec: str, group_size: int, params: SamplingParams, signature: Any, tokenizer: Any,
-                 **common: Any) -> None:
+    def __init__(self, llama: Llama, *, reward: Reward, spec: str, group_size: int, params: SamplingParams,
+                 signature: Any, tokenizer: Any, **common: Any) -> None:
         super().__init__(llama, **common)
-        self.prompts, self.held_out, self.reward, self.spec = prompts, held_out, reward, spec
+        self.reward, self.spec = reward, spec
         self.group_size, self.params, self.signature, self.tokenizer = group_size, params, signature, tokenizer
 
-    def batches(self, split: str, *, batch_size: int, seed: int, rank: int = 0,
-                world_size: int = 1) -> Iterator[dict[str, torch.Tensor]]:
-        for _, order in epoch_shards(len(self.prompts), batch_size=batch_size, seed=seed, rank=rank,
-                                     world_size=world_size, items="prompts", source="model.finetune.data"):
-            for start in range(0, len(order), batch_size):
-                yield {"index": torch.as_tensor(order[start : start + batch_size])}
+    def make_batch(self, rows: list[Prompt]) -> dict[str, list[Prompt]]:
+        return {"prompts": rows}  # answers are sampled in loss(), by the policy of that step
 
     def sample(self, prompts: list[Prompt], params: SamplingParams) -> list[tuple[list[int], bool]]:
         """One answer to each of ``prompts``: ``(token ids, ended by EOS)``."""
@@ -101,7 +96,7 @@ class GRPOTrainable(LlamaTrainable):
 
     def loss(self, module: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         g = self.group_size
-        prompts = [self.prompts[i] for i in batch["index"].tolist() for _ in range(g)]  # [P·G], groups together
+        prompts = [p for p in batch["prompts"] for _ in range(g)]  # [P·G], groups together
         seed = int(torch.randint(0, 2**62, (1,)))  # from the step's seed: a resumed run samples alike
         answers = self.sample(prompts, SamplingParams(**{**vars(self.params), "seed": seed}))
         rewards = torch.tensor([self.score(p, ids) for p, (ids, _) in zip(prompts, answers, strict=True)])
@@ -128,11 +123,11 @@ class GRPOTrainable(LlamaTrainable):
         return {"eval_reward": sum(scores) / len(scores)}
 
     def sizes(self) -> dict[str, Any]:
-        return {"reward": self.spec, "group_size": self.group_size, "train_prompts": len(self.prompts),
+        return {"reward": self.spec, "group_size": self.group_size, "train_prompts": len(self.train),
                 "eval_prompts": len(self.held_out), "sampling": vars(self.params)}
 
 
-def make_grpo(model: Model, ft: Any, max_length: int, **common: Any) -> GRPOTrainable:
+def make_grpo(model: Model, ft: Any, max_length: int, reward: Reward, **common: Any) -> GRPOTrainable:
     tok = model.tokenizer
     longest = max_length - ft.max_new_tokens  # prompt and answer together fit in max_length
     if longest < 1:
@@ -142,6 +137,6 @@ def make_grpo(model: Model, ft: Any, max_length: int, **common: Any) -> GRPOTrai
     held_out = load_prompts(ft.eval_data, tok, max_length=longest,
                             setting="model.finetune.eval_data") if ft.eval_data else []
     params = SamplingParams(max_new_tokens=ft.max_new_tokens, temperature=float(ft.temperature), top_p=1.0)
-    return GRPOTrainable(model.module, prompts=prompts, held_out=held_out, reward=reward_function(ft.reward),
+    return GRPOTrainable(model.module, train=prompts, held_out=held_out, reward=reward,
                          spec=str(ft.reward), group_size=ft.group_size, params=params, signature=model.signature,
                          tokenizer=tok, **common)
