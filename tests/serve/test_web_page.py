@@ -40,6 +40,20 @@ def _reply(page, n: int) -> str:
     return page.locator(".msg.assistant .body").nth(n).inner_text()
 
 
+STOP_AT_FIRST_TEXT = """() => {
+  const observer = new MutationObserver(() => {
+    const body = document.querySelectorAll('.msg.assistant .body')[1];
+    const stop = document.getElementById('stop');
+    if (body && body.textContent.length > 0 && !stop.disabled) {
+      observer.disconnect();
+      window.stoppedWith = body.textContent.length;
+      stop.click();
+    }
+  });
+  observer.observe(document.body, {subtree: true, childList: true, characterData: true});
+}"""
+
+
 def test_the_page_chats_streams_and_stops(page, server, reference, tmp_path):
     page.get_by_text("llama on cpu").wait_for()  # the model and the backend are shown
     page.get_by_text("Settings").click()
@@ -56,10 +70,12 @@ def test_the_page_chats_streams_and_stops(page, server, reference, tmp_path):
     page.get_by_text("Settings").click()
     page.get_by_label("Max tokens").fill("")  # as long as the context allows
     page.get_by_label("Message").fill("Tell me a long story.")
+    # Stop is pressed in the page the moment the first text shows: the tiny model can finish a
+    # whole reply (up to its small context) in the time a round trip from here to the page takes.
+    page.evaluate(STOP_AT_FIRST_TEXT)
     page.get_by_role("button", name="Send").click()
-    page.wait_for_function("document.querySelectorAll('.msg.assistant .body')[1]?.textContent.length > 0")
-    page.get_by_role("button", name="Stop").click()
     page.get_by_text("(stopped)").wait_for()
+    assert page.evaluate("window.stoppedWith") > 0  # pressed mid-stream, with some of the reply shown
     assert page.get_by_role("button", name="Send").is_enabled()
     page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
     assert (tmp_path / "chat.png").stat().st_size > 10_000
