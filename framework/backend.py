@@ -18,6 +18,7 @@ from .signature import BATCH
 if TYPE_CHECKING:
     import torch
 
+    from .meters import EnergyMeter
     from .model import Model
     from .signature import StepSignature
     from .state import SlotState
@@ -159,6 +160,11 @@ class Runner(ABC):
         """How many positions ``slot`` holds (steps taken, for a signature without ``new_axis``)."""
         return state.length(slot)
 
+    def preparation(self) -> dict[str, Any]:
+        """How ``Backend.prepare`` made this runner, for benchmarks and logs: e.g. whether a
+        compiled graph came from a cache, and the seconds its build took. Empty by default."""
+        return {}
+
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release sessions, device memory, threads. Safe to call twice."""
 
@@ -199,6 +205,9 @@ class RunnerWrapper(Runner):
 
     def state_length(self, state: SlotState, slot: int = 0) -> int:
         return self.inner.state_length(state, slot)
+
+    def preparation(self) -> dict[str, Any]:
+        return self.inner.preparation()
 
     def close(self) -> None:
         self.inner.close()
@@ -254,4 +263,19 @@ class Backend(ABC):
     def runs_as(self) -> str | None:
         """The name of the backend that runs the steps, when it is not this one (a backend
         that delegates, like ``auto``, names its choice); logs and ``run.json`` show it."""
+        return None
+
+    # -- what a benchmark asks (``app=bench``); the defaults suit backends that run in host memory
+
+    def reset_peak_memory(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Start a new peak for :meth:`peak_memory` (called before ``prepare``)."""
+
+    def peak_memory(self) -> int | None:
+        """Most bytes the device's own allocator held since :meth:`reset_peak_memory`;
+        ``None`` where the backend's memory is the process's (measured as its RSS)."""
+        return None
+
+    def energy_meter(self) -> EnergyMeter | None:
+        """A :class:`plugstack.meters.EnergyMeter` of the device the steps run on, where it
+        has its own counter (a GPU's); ``None``: the CPU's (RAPL, where readable) applies."""
         return None

@@ -3,6 +3,7 @@
     plugstack [OVERRIDES...]      compose (Hydra) and run the chosen application
     plugstack plugins [--json]    every discovered plugin, with broken ones and why
     plugstack backends [--json]   every backend: available here or why not, and its device
+    plugstack report DIR          tables and plots from the app=bench results under DIR
 
 stdout carries only an application's (or a listing's) output; logs go to stderr.
 """
@@ -100,10 +101,27 @@ def _backends(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS = {"plugins": _plugins, "backends": _backends}
+def _report(argv: Sequence[str]) -> int:
+    """Tables and plots from every app=bench result under a directory (see ``plugstack report -h``)."""
+    from .registry import get_registry
+
+    get_registry()  # the bench app is a plugin: report works when it is installed
+    try:
+        from plugstack.plugins.bench.report import main as report
+    except ImportError as exc:
+        return _fail(f"plugstack report needs the bench app ({exc}).")
+    try:
+        return report(list(argv))
+    except PlugstackError as exc:
+        return _fail(str(exc))
+
+
+SUBCOMMANDS = {"plugins": _plugins, "backends": _backends, "report": _report}
 
 
 def _subcommand(argv: Sequence[str]) -> int:
+    if argv[0] == "report":
+        return _report(argv[1:])
     parser = argparse.ArgumentParser(prog=f"plugstack {argv[0]}", description=SUBCOMMANDS[argv[0]].__doc__)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv[1:])
@@ -166,7 +184,7 @@ def _label_job() -> None:
 
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:
-        shown = [o for o in hc.overrides.task if not o.startswith("app.prompt=")]
+        shown = [o.removeprefix("++") for o in hc.overrides.task if not o.startswith("app.prompt=")]
         print(f"[job {hc.job.num}] {' '.join(shown)}".rstrip(), flush=True)
 
 
@@ -237,10 +255,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _subcommand(argv)
         try:
             from .config import check_choices, prepare_hydra
+            from .sweeps import sweep_argv
 
             argv = _with_prompt(argv)
             prepare_hydra()
             check_choices(_overrides(argv))
+            argv = sweep_argv(argv, _overrides(argv))
             if "--help" in argv or "-h" in argv:
                 return _help(argv)
         except BrokenPipeError:

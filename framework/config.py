@@ -210,18 +210,26 @@ def unknown_option(group: str, choice: str, key: str, cls: type) -> ConfigError:
     )
 
 
+def unknown_keys(cfg: Any) -> list[tuple[str, str]]:
+    """``(group, key)`` for each key a group's plugin does not declare."""
+    from omegaconf import OmegaConf
+
+    found = []
+    for group in GROUPS:
+        node = cfg.get(group)
+        cls = OmegaConf.get_type(node) if node is not None else None
+        if cls is not None and dataclasses.is_dataclass(cls):
+            found += [(group, str(key)) for key in node.keys() if not _has_field(cls, str(key))]
+    return found
+
+
 def check_keys(cfg: Any) -> None:
     """Refuse keys a group's plugin does not declare (``+app.max_tokens=4`` would be ignored)."""
     from omegaconf import OmegaConf
 
-    for group in GROUPS:
+    for group, key in unknown_keys(cfg)[:1]:
         node = cfg.get(group)
-        cls = OmegaConf.get_type(node) if node is not None else None
-        if cls is None or not dataclasses.is_dataclass(cls):
-            continue
-        for key in node.keys():
-            if not _has_field(cls, str(key)):
-                raise unknown_option(group, str(node.get("name", "?")), str(key), cls)
+        raise unknown_option(group, str(node.get("name", "?")), key, OmegaConf.get_type(node))
 
 
 def explain(exc: BaseException) -> ConfigError | None:

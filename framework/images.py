@@ -34,6 +34,8 @@ class ImageSampler(ABC):
     #: ``(height, width)`` of one image, so a caller can bound what it will write before
     #: any work (``None``: unknown until the first image).
     image_shape: tuple[int, int] | None = None
+    #: A prompt the model understands, for callers that need one of their own (``app=bench``).
+    example_prompt: str = ""
 
     @abstractmethod
     def check_prompt(self, prompt: str) -> None:

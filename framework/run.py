@@ -24,10 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import logs
 from .app import RunContext
-from .config import check_keys
+from .config import check_keys, unknown_keys
 from .errors import BackendUnavailableError, PlugstackError, StorageError, Terminated
 from .files import STORAGE_ERRNOS, atomic_write
 from .registry import Registry, get_registry
+from .sweeps import not_applicable
 
 __all__ = ["environment_error", "execute", "exit_code", "group_config", "redacted"]
 
@@ -115,7 +116,11 @@ def execute(cfg: DictConfig, *, registry: Registry | None = None, stdout=None) -
     started = time.time()
     ctx: RunContext | None = None
     code, error = 1, None
+    skipped = None
     try:
+        skipped = not_applicable(cfg, unknown_keys(cfg))
+        if skipped is not None:  # a sweep's option that this job's plugin lacks: not a mistake
+            return _skip(output_dir, cfg, run_id, skipped, stdout or sys.stdout)
         check_keys(cfg)
         app_entry = registry.get("app", names["app"])
         model_entry = registry.get("model", names["model"])
@@ -148,6 +153,7 @@ def execute(cfg: DictConfig, *, registry: Registry | None = None, stdout=None) -
         if failure is None:
             raise  # an OS error that is not about the environment: a bug
         code = exit_code(code, failure)
+        error = failure
         log.error("run.failed", error=str(failure), error_type=type(exc).__name__)
         print(f"plugstack: error: {failure}", file=sys.stderr)
     except KeyboardInterrupt as exc:
@@ -158,7 +164,9 @@ def execute(cfg: DictConfig, *, registry: Registry | None = None, stdout=None) -
         if ctx is not None:
             ran = ctx._backend.runs_as() if ctx._backend is not None else None
             ctx.close()
-        _write_run_record(output_dir, cfg, run_id, code, time.time() - started, ran)
+        if skipped is None:
+            failed = str(error) if isinstance(error, PlugstackError) else None
+            _write_run_record(output_dir, cfg, run_id, code, time.time() - started, ran, error=failed)
     log.info("run.end", exit_code=code, seconds=round(time.time() - started, 3))
     return code
 
@@ -200,8 +208,16 @@ def redacted(value: Any) -> Any:
     return value
 
 
+def _skip(output_dir: Path, cfg: DictConfig, run_id: str, reason: str, stdout: Any) -> int:
+    """A sweep job that does not apply: said on stdout and in ``run.json``, exit 0."""
+    log.warning("run.skipped", reason=reason)
+    print(f"skipped: {reason}", file=stdout, flush=True)
+    _write_run_record(output_dir, cfg, run_id, 0, 0.0, None, skipped=reason)
+    return 0
+
+
 def _write_run_record(output_dir: Path, cfg: DictConfig, run_id: str, code: int, seconds: float,
-                      ran: str | None) -> None:
+                      ran: str | None, *, error: str | None = None, skipped: str | None = None) -> None:
     """``run.json``: what ran, with what and how it ended — every run dir describes itself."""
     from . import __version__
 
@@ -212,6 +228,8 @@ def _write_run_record(output_dir: Path, cfg: DictConfig, run_id: str, code: int,
         "seconds": round(seconds, 3),
         "choices": {g: str(cfg[g].name) for g in ("app", "model", "backend")},
         "backend_ran": ran or str(cfg.backend.name),  # auto names its choice
+        **({"error": error} if error else {}),
+        **({"skipped": skipped} if skipped else {}),
         "config": redacted(_plain(cfg)),
     }
     try:

@@ -157,6 +157,18 @@ class AutoBackend(Backend):
         raise BackendUnavailableError(f"backend=auto found no backend that can train among {names}: "
                                       f"use backend=cpu or backend=cuda.")
 
+    def reset_peak_memory(self) -> None:
+        if self.select().backend is not None:
+            self.select().backend.reset_peak_memory()
+
+    def peak_memory(self) -> int | None:
+        chosen = self.select().backend
+        return chosen.peak_memory() if chosen is not None else None
+
+    def energy_meter(self) -> Any:
+        chosen = self.select().backend
+        return chosen.energy_meter() if chosen is not None else None
+
     def prepare(self, model: Model) -> Runner:
         sel = self.select()
         if sel.backend is None:

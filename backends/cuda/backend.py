@@ -56,6 +56,27 @@ class CudaBackend(Backend):
             raise BackendUnavailableError(f"backend=cuda cannot train here: {self.probe().reason}")
         return f"cuda:{int(self.cfg.device_index)}"
 
+    def reset_peak_memory(self) -> None:
+        if torch_build().cuda is not None:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats(int(self.cfg.device_index))
+
+    def peak_memory(self) -> int | None:
+        """Peak bytes of torch's CUDA caching allocator on the device (tensors, not its cache)."""
+        if torch_build().cuda is None:
+            return None
+        import torch
+
+        return int(torch.cuda.max_memory_allocated(int(self.cfg.device_index))) if torch.cuda.is_available() else None
+
+    def energy_meter(self) -> Any:
+        from plugstack.meters import nvml_meter
+
+        meter, _ = nvml_meter(int(self.cfg.device_index))  # NVML numbers GPUs as CUDA does without CUDA_VISIBLE_DEVICES
+        return meter
+
     def prepare(self, model: Model) -> Runner:
         cfg = self.cfg
         if torch_build().cuda is None:  # cheap: do not import a torch that cannot help

@@ -202,7 +202,9 @@ def _build_into(root: Path, key: str, build: Callable[[Path], dict[str, Any]],
     """Build in a temporary sibling (named for this process) and rename it to ``root/key``."""
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(key), dir=root))
     try:
+        started = time.perf_counter()
         fields = build(tmp)
+        fields["build_seconds"] = round(time.perf_counter() - started, 3)
         files = {
             f.name: {"size": f.stat().st_size, "sha256": file_digest(f)}
             for f in sorted(tmp.iterdir())

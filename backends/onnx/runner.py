@@ -338,6 +338,16 @@ class OnnxRunner(Runner):
         # half written by another core).
         return arrays
 
+    def preparation(self) -> dict[str, Any]:
+        entry = self.cache_entry
+        facts: dict[str, Any] = {"graph": "built" if entry is not None and entry.built else "cached",
+                                 "weights": self.dtype, "kv_cache": self.kv_cache, "providers": list(self.providers)}
+        if entry is not None and entry.built and "build_seconds" in entry.manifest:
+            facts["build_s"] = entry.manifest["build_seconds"]  # of the entry that runs (int8/int4: the quantising)
+        if entry is not None:
+            facts["graph_bytes"] = sum(f["size"] for f in entry.manifest.get("files", {}).values())
+        return facts
+
     def close(self) -> None:
         self.session = None
         self._spare = None

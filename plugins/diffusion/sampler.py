@@ -38,6 +38,8 @@ def ddim_timesteps(timesteps: int, steps: int) -> list[int]:
 class DigitsSampler(ImageSampler):
     """DDIM (eta = 0) with classifier-free guidance, from noise seeded per image."""
 
+    example_prompt = "a bold seven"
+
     def __init__(self, size: int, timesteps: int, default_steps: int, default_guidance: float) -> None:
         self.size, self.timesteps = size, timesteps
         self.default_steps, self.default_guidance = default_steps, default_guidance
