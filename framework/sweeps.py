@@ -17,9 +17,11 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from hydra.experimental.callback import Callback
+
 from .errors import ConfigError, suggestion_text
 
-__all__ = ["not_applicable", "sweep_argv"]
+__all__ = ["SweepExitCodes", "not_applicable", "sweep_argv"]
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
@@ -82,3 +84,21 @@ def not_applicable(cfg: Any, unknown: Sequence[tuple[str, str]]) -> str | None:
     if not all(f"{g}.{k}" in forced for g, k in unknown):
         return None
     return "; ".join(f"{g} {str(cfg[g].name)!r} has no option {k!r}" for g, k in unknown)
+
+
+class SweepExitCodes(Callback):
+    """A Hydra callback: after a sweep, the exit code of each job (from its ``run.json``)
+    reaches the command's own exit code, also when a launcher ran the jobs in other
+    processes (joblib, Ray) where the command never sees them return."""
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        import json
+        from pathlib import Path
+
+        from . import cli
+
+        for record in Path(str(config.hydra.sweep.dir)).glob("*/run.json"):
+            try:
+                cli._exit_codes.append(int(json.loads(record.read_text())["exit_code"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                cli._exit_codes.append(1)  # a job that left no readable record did not end well
