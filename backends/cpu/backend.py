@@ -100,6 +100,8 @@ def check_options(cfg: Any) -> None:
             f"backend=cpu does not support dtype={cfg.dtype!r}{hint}. "
             f"Valid values: {', '.join(CPU_DTYPES)}. Set e.g. backend.dtype=fp32."
         )
+    if cfg.quantize in ("null", "none", "None", ""):  # as the onnx backend reads them: no quantisation
+        cfg.quantize = None
     if cfg.quantize is not None and cfg.quantize not in CPU_QUANTIZE:
         raise UnsupportedOptionError(
             f"backend=cpu does not support quantize={cfg.quantize!r}. "

@@ -14,6 +14,7 @@ swept options, is recorded as skipped with the reason instead of failing the swe
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import time
@@ -27,9 +28,10 @@ from plugstack.images import IMAGE
 from plugstack.meters import PeakRSS, environment, rapl_meter
 
 from .config import MAX_BATCH, MAX_NEW_TOKENS, MAX_REPEATS
-from .scenarios import Scenario, decode_scenario, images_scenario, prefill_scenario, synthetic_prompt
+from .scenarios import Scenario, decode_scenario, greedy_timings, images_scenario, prefill_scenario, synthetic_prompt
 
-__all__ = ["BenchApp", "check_options", "csv_rows"]
+__all__ = ["BenchApp", "check_options", "csv_rows", "energy_record", "memory_record", "new_record",
+           "save"]
 
 SCHEMA = 1
 CSV_FIELDS = ("scenario", "kind", "prompt_length", "batch", "new_tokens", "metric", "median", "min", "max",
@@ -86,31 +88,52 @@ def csv_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def new_record(label: list[str], choices: dict[str, str], config: Any, kind: str = "plugstack") -> dict[str, Any]:
+    """A result before any measurement: who, with what, where (``kind`` "peer" for other systems)."""
+    return {
+        "schema": SCHEMA, "kind": kind, "status": "running", "reason": None,
+        "label": " ".join(label), "overrides": label, "choices": choices, "config": config,
+        "environment": environment(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load": {}, "memory": {}, "energy": {}, "scenarios": [],
+    }
+
+
+def save(run_dir: Path, record: dict[str, Any]) -> None:
+    """``bench.json`` and ``bench.csv`` of ``record`` in ``run_dir``, each written atomically."""
+    atomic_write(run_dir / "bench.json", json.dumps(record, indent=2, default=str))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(csv_rows(record))
+    atomic_write(run_dir / "bench.csv", out.getvalue())
+
+
+def energy_record(meter: Any, why: str) -> dict[str, Any]:
+    return {"available": meter is not None, "source": meter.source if meter else None, "reason": why or None}
+
+
+def memory_record(peak: PeakRSS, device_peak: int | None) -> dict[str, Any]:
+    return {"peak_rss_bytes": peak.peak(), "start_rss_bytes": peak.start_bytes, "rss_source": peak.source(),
+            "device_peak_bytes": device_peak,
+            "device_source": "the backend's allocator" if device_peak is not None else
+            "none: the backend runs in host memory (counted in the RSS)"}
+
+
 class Results:
     """``bench.json`` and ``bench.csv`` in the run directory, rewritten as results arrive."""
 
     def __init__(self, ctx: RunContext, label: list[str]) -> None:
+        from omegaconf import OmegaConf
+
         from plugstack.run import redacted
 
         self.dir = Path(ctx.output_dir)
-        from omegaconf import OmegaConf
-
-        self.record: dict[str, Any] = {
-            "schema": SCHEMA, "status": "running", "reason": None, "run_id": ctx.run_id,
-            "label": " ".join(label), "overrides": label,
-            "choices": {g: str(ctx.cfg[g].name) for g in ("app", "model", "backend")},
-            "config": redacted(OmegaConf.to_container(ctx.cfg, resolve=True, enum_to_str=True)),
-            "environment": environment(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "load": {}, "memory": {}, "energy": {}, "scenarios": [],
-        }
+        config = redacted(OmegaConf.to_container(ctx.cfg, resolve=True, enum_to_str=True))
+        self.record = new_record(label, {g: str(ctx.cfg[g].name) for g in ("app", "model", "backend")}, config)
+        self.record["run_id"] = ctx.run_id
 
     def save(self) -> None:
-        atomic_write(self.dir / "bench.json", json.dumps(self.record, indent=2, default=str))
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(csv_rows(self.record))
-        atomic_write(self.dir / "bench.csv", out.getvalue())
+        save(self.dir, self.record)
 
 
 class BenchApp(App):
@@ -135,8 +158,7 @@ class BenchApp(App):
             return 0
         runner, model = ready
         meter, why = self._energy(ctx)
-        record["energy"] = {"available": meter is not None, "source": meter.source if meter else None,
-                            "reason": why or None}
+        record["energy"] = energy_record(meter, why)
         results.save()
         plan = self._plan(ctx, runner, model)
         with _progress(len(plan) * (cfg.warmup + cfg.repeats)) as tick:
@@ -144,7 +166,7 @@ class BenchApp(App):
                 ctx.log.info("bench.scenario.start", scenario=name)
                 scenario = measure(meter, tick)
                 record["scenarios"].append(scenario.as_dict())
-                record["memory"] = self._memory(ctx, peak)
+                record["memory"] = memory_record(peak, ctx.backend.peak_memory())
                 results.save()
                 ctx.log.info("bench.scenario.done", scenario=name, **_headline(scenario))
         record.update(status="ok", finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -188,13 +210,6 @@ class BenchApp(App):
         meter = ctx.backend.energy_meter()
         return (meter, "") if meter is not None else rapl_meter()
 
-    def _memory(self, ctx: RunContext, peak: PeakRSS) -> dict[str, Any]:
-        device_peak = ctx.backend.peak_memory()
-        return {"peak_rss_bytes": peak.peak(), "start_rss_bytes": peak.start_bytes, "rss_source": peak.source(),
-                "device_peak_bytes": device_peak,
-                "device_source": "the backend's allocator" if device_peak is not None else
-                "none: the backend runs in host memory (counted in the RSS)"}
-
     def _plan(self, ctx: RunContext, runner: Any, model: Any) -> list[tuple[str, Any]]:
         """The scenarios this model's signature allows, as (name, measure(meter, tick))."""
         cfg = self.cfg
@@ -206,10 +221,11 @@ class BenchApp(App):
             def prompts(length: int, batch: int) -> list[list[int]]:
                 return [synthetic_prompt(tok, vocab, length, row) for row in range(batch)]
 
-            plan = [(f"prefill-{n}", lambda m, t, n=n: prefill_scenario(runner, prompts(n, 1)[0], cfg, m, t))
+            generate = functools.partial(greedy_timings, runner)
+            plan = [(f"prefill-{n}", lambda m, t, n=n: prefill_scenario(generate, prompts(n, 1)[0], cfg, m, t))
                     for n in cfg.prompt_lengths]
             plan += [(f"decode-b{b}", lambda m, t, b=b: decode_scenario(
-                runner, prompts(cfg.decode_prompt_length, b), cfg, m, t)) for b in cfg.batch_sizes]
+                generate, prompts(cfg.decode_prompt_length, b), cfg, m, t)) for b in cfg.batch_sizes]
             return plan
         sampler = model.offers.get(IMAGE)
         if sampler is not None and sampler.example_prompt:

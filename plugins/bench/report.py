@@ -108,10 +108,11 @@ def _unmeasured(path: Path) -> Job | None:
 
 
 def _short_labels(jobs: list[Job]) -> None:
-    """Drop the overrides every job shares, so labels say what differs."""
-    lists = [j.record.get("overrides") or [] for j in jobs]
-    common = set.intersection(*map(set, lists)) if lists and all(lists) else set()
-    for job, overrides in zip(jobs, lists, strict=True):
+    """Drop the overrides every plugstack job shares, so labels say what differs (peers keep theirs)."""
+    ours = [j for j in jobs if j.record.get("kind", "plugstack") != "peer"]
+    lists = [j.record.get("overrides") or [] for j in ours]
+    common = set.intersection(*map(set, lists)) if len(lists) > 1 and all(lists) else {"app=bench"}
+    for job, overrides in zip(ours, lists, strict=True):
         kept = [o.removeprefix("++") for o in overrides if o not in common]
         if kept:
             job.label = " ".join(kept)

@@ -8,7 +8,9 @@ returns its metrics as summaries of those repeats.
   after the first token, and per-step latency percentiles (one step = one token per sequence).
 * ``images``: a model's image sampler making ``images`` images: images per second.
 
-Decoders are driven through :func:`plugstack.generate_ids`, the loop every app uses.
+Decoders are driven through a :data:`Generate` function: for plugstack's runners,
+:func:`greedy_timings` over :func:`plugstack.generate_ids`, the loop every app uses; a peer
+(``benchmarks/bench_peers.py``) passes its own, so both are measured the same way.
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ from plugstack.sampling import SamplingParams
 
 from .stats import latency, summary
 
-__all__ = ["Scenario", "decode_scenario", "images_scenario", "prefill_scenario", "synthetic_prompt"]
+__all__ = ["Generate", "Scenario", "decode_scenario", "greedy_timings", "images_scenario", "prefill_scenario",
+           "synthetic_prompt"]
+
+#: ``(prompts, new_tokens) -> (seconds to the batch's first token, seconds of each later step,
+#: tokens made)``: one greedy run of every prompt together, EOS ignored.
+Generate = Callable[[list[list[int]], int], tuple[float, list[float], int]]
 
 #: Ordinary English the synthetic prompts are cut from (its tokens, repeated to length).
 TEXT = ("The committee met on a grey Tuesday morning to weigh the harbour plan. Some wanted the old pier "
@@ -103,8 +110,8 @@ def _finish(scenario: Scenario, timed: list[_Timed], joules: float | None) -> Sc
     return scenario
 
 
-def _greedy(runner: Any, prompts: list[list[int]], new_tokens: int) -> tuple[float, list[float], int]:
-    """Time to the batch's first token, the gaps between later steps, tokens made."""
+def greedy_timings(runner: Any, prompts: list[list[int]], new_tokens: int) -> tuple[float, list[float], int]:
+    """A :data:`Generate` over a plugstack runner (bind it: ``functools.partial(greedy_timings, runner)``)."""
     params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0, ignore_eos=True)
     marks: list[float] = []
 
@@ -120,10 +127,10 @@ def _greedy(runner: Any, prompts: list[list[int]], new_tokens: int) -> tuple[flo
     return marks[0] - t0, steps, made
 
 
-def prefill_scenario(runner: Any, prompt: list[int], opts: Any, meter: EnergyMeter | None,
+def prefill_scenario(generate: Generate, prompt: list[int], opts: Any, meter: EnergyMeter | None,
                      tick: Callable[[], None]) -> Scenario:
     def run() -> _Timed:
-        ttft, _, _ = _greedy(runner, [prompt], 1)
+        ttft, _, _ = generate([prompt], 1)
         return _Timed({"ttft_s": ttft, "prefill_tok_s": len(prompt) / ttft}, units=len(prompt))
 
     timed, joules = _repeat(run, opts.warmup, opts.repeats, opts.pause_s, meter, tick)
@@ -131,12 +138,12 @@ def prefill_scenario(runner: Any, prompt: list[int], opts: Any, meter: EnergyMet
     return _finish(scenario, timed, joules)
 
 
-def decode_scenario(runner: Any, prompts: list[list[int]], opts: Any, meter: EnergyMeter | None,
+def decode_scenario(generate: Generate, prompts: list[list[int]], opts: Any, meter: EnergyMeter | None,
                     tick: Callable[[], None]) -> Scenario:
     batch, n = len(prompts), opts.new_tokens
 
     def run() -> _Timed:
-        ttft, steps, made = _greedy(runner, prompts, n)
+        ttft, steps, made = generate(prompts, n)
         values = {"ttft_s": ttft}
         if steps:  # tokens after the first, over the time after it
             rate = batch * len(steps) / sum(steps)
