@@ -46,6 +46,11 @@ class EagerRunner(Runner):
         self.module = module.to(device=self.device, dtype=self.torch_dtype).eval()
         self._state_index = {name: i for i, name in enumerate(signature.state_inputs)}
         self._state_out = {o: self._state_index[i] for i, o in signature.state}
+        #: What the backend did to the module (``preparation()``), e.g. ``{"weights": "int8"}``.
+        self.prepared: dict[str, Any] = {}
+
+    def preparation(self) -> dict[str, Any]:
+        return dict(self.prepared)
 
     def _dtype_of(self, spec_dtype: str) -> torch.dtype:
         return self.torch_dtype if spec_dtype == FLOAT else getattr(torch, spec_dtype)

@@ -210,7 +210,13 @@ def main() -> int:
     args = parse()
     if args.one:
         return run_one(args.one, args)
-    options(args)  # bad flags fail before any peer starts
+    from plugstack.errors import ConfigError
+
+    try:
+        options(args)  # bad flags fail before any peer starts
+    except ConfigError as exc:
+        print(f"bench_peers: error: {exc}", file=sys.stderr)
+        return 2
     code = 0
     for peer in [p.strip() for p in args.peers.split(",") if p.strip()]:
         if peer not in PEERS:

@@ -77,6 +77,7 @@ class CpuBackend(Backend):
         if cfg.quantize == "int8":
             module = quantize_int8(module)
         runner = EagerRunner(module, model.signature, device="cpu", dtype=cfg.dtype)
+        runner.prepared = {"weights": "int8" if cfg.quantize == "int8" else cfg.dtype, "compile": bool(cfg.compile)}
         if cfg.compile:
             # dynamic=True: one graph for every prompt/past length instead of one per shape.
             runner.module = torch.compile(runner.module, dynamic=True)

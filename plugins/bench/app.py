@@ -59,17 +59,26 @@ def check_options(cfg: Any) -> None:
         raise ConfigError(f"app.pause_s={cfg.pause_s}: give 0 to 60 seconds.")
 
 
-def _sweep() -> tuple[bool, list[str]]:
-    """Whether this run is one job of a sweep, and the overrides that make it (its label)."""
+#: Said in each later job of a sweep whose jobs share one process (Hydra's basic launcher).
+SHARED_PROCESS = ("the jobs of this sweep share one process, so this peak includes what earlier jobs left "
+                  "(start_rss_bytes); for each job's own peak run the sweep with hydra/launcher=ray "
+                  "+hydra.launcher.ray.remote.max_calls=1 (a fresh process per job)")
+
+
+def _sweep() -> tuple[bool, list[str], bool]:
+    """Whether this run is one job of a sweep, the overrides that make it (its label), and
+    whether it shares its process with earlier jobs."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
     except ImportError:
-        return False, []
+        return False, [], False
     if not HydraConfig.initialized():
-        return False, []
+        return False, [], False
     hc = HydraConfig.get()
-    return hc.mode == RunMode.MULTIRUN, list(hc.overrides.task)
+    sweep = hc.mode == RunMode.MULTIRUN
+    shared = sweep and "BasicLauncher" in str(hc.launcher.get("_target_", "")) and int(hc.job.num) > 0
+    return sweep, list(hc.overrides.task), shared
 
 
 def csv_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -112,11 +121,11 @@ def energy_record(meter: Any, why: str) -> dict[str, Any]:
     return {"available": meter is not None, "source": meter.source if meter else None, "reason": why or None}
 
 
-def memory_record(peak: PeakRSS, device_peak: int | None) -> dict[str, Any]:
+def memory_record(peak: PeakRSS, device_peak: int | None, note: str | None = None) -> dict[str, Any]:
     return {"peak_rss_bytes": peak.peak(), "start_rss_bytes": peak.start_bytes, "rss_source": peak.source(),
             "device_peak_bytes": device_peak,
             "device_source": "the backend's allocator" if device_peak is not None else
-            "none: the backend runs in host memory (counted in the RSS)"}
+            "none: the backend runs in host memory (counted in the RSS)", "note": note}
 
 
 class Results:
@@ -142,7 +151,7 @@ class BenchApp(App):
     def run(self, ctx: RunContext) -> int:
         cfg = self.cfg
         check_options(cfg)
-        in_sweep, label = _sweep()
+        in_sweep, label, shared = _sweep()
         results = Results(ctx, label)
         record = results.record
         peak = PeakRSS()
@@ -160,13 +169,15 @@ class BenchApp(App):
         meter, why = self._energy(ctx)
         record["energy"] = energy_record(meter, why)
         results.save()
+        if shared:
+            ctx.log.warning("bench.memory.shared_process", note=SHARED_PROCESS)
         plan = self._plan(ctx, runner, model)
         with _progress(len(plan) * (cfg.warmup + cfg.repeats)) as tick:
             for name, measure in plan:
                 ctx.log.info("bench.scenario.start", scenario=name)
                 scenario = measure(meter, tick)
                 record["scenarios"].append(scenario.as_dict())
-                record["memory"] = memory_record(peak, ctx.backend.peak_memory())
+                record["memory"] = memory_record(peak, ctx.backend.peak_memory(), SHARED_PROCESS if shared else None)
                 results.save()
                 ctx.log.info("bench.scenario.done", scenario=name, **_headline(scenario))
         record.update(status="ok", finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -276,7 +287,8 @@ def _print_table(record: dict[str, Any], out: Any) -> None:
     from rich.table import Table
 
     b, load, mem = record["backend"], record["load"], record["memory"]
-    title = (f"{record['choices']['model']} on {b['ran']} ({b['dtype']}): load {load['model_load_s']:.2f} s, "
+    weights = load["preparation"].get("weights") or b["dtype"]
+    title = (f"{record['choices']['model']} on {b['ran']} ({weights}): load {load['model_load_s']:.2f} s, "
              f"prepare {load['prepare_s']:.2f} s, peak RSS {mem['peak_rss_bytes'] / 2**20:.0f} MiB")
     table = Table(title=title)
     for col in ("scenario", "TTFT ms", "prefill tok/s", "decode tok/s", "images/s", "step p50 ms", "step p99 ms",

@@ -4,7 +4,8 @@ A sweep (``plugstack --multirun app=bench ...``) leaves one run directory per jo
 reads them all (and any peer results written in the same format), and writes next to them
 ``report.md``, ``report.csv`` and PNG plots (decode tokens/s, step latency percentiles, peak
 memory, and energy per token where any job measured it), printing the table on the terminal.
-Ratios are to a baseline job (``--baseline``: a word of its label; default the first job).
+Ratios are to baseline jobs (``--baseline``, repeatable: a word of a job's label; default the
+first job): the batch-1 decode speed of each job over the baseline's, one column per baseline.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ class Job:
     @property
     def peak_rss(self) -> int | None:
         return (self.record.get("memory") or {}).get("peak_rss_bytes")
+
+    @property
+    def device_peak(self) -> int | None:
+        return (self.record.get("memory") or {}).get("device_peak_bytes")
 
     @property
     def where(self) -> str:
@@ -143,6 +148,8 @@ def _columns(jobs: list[Job]) -> list[tuple[str, Any]]:
     if any(j.metric("images", "images_per_s") is not None for j in jobs):
         cols.append(("images/s", lambda j: j.metric("images", "images_per_s")))
     cols.append(("RSS MiB", lambda j: j.peak_rss / 2**20 if j.peak_rss else None))
+    if any(j.device_peak for j in jobs):
+        cols.append(("device MiB", lambda j: j.device_peak / 2**20 if j.device_peak else None))
     if first and any(j.energy(first) is not None for j in jobs):
         cols.append(("J/token", lambda j: j.energy(first)))
     return cols
@@ -176,18 +183,19 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def table_rows(jobs: list[Job], baseline: Job) -> tuple[list[str], list[list[str]]]:
+def table_rows(jobs: list[Job], baselines: dict[str, Job]) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows: the columns the results support, ``x <word>`` per baseline, status."""
     cols = _columns([j for j in jobs if j.status == "ok"])
-    base = _speed(baseline)
-    headers = [h for h, _ in cols] + ["x base", "status"]
+    bases = {word: _speed(job) for word, job in baselines.items()}
+    headers = [h for h, _ in cols] + [f"x {word}" for word in bases] + ["status"]
     rows = []
     for j in jobs:
         if j.status != "ok":
-            rows.append([j.label, *["-"] * (len(cols) - 1), "-", f"{j.status}: {j.reason or ''}".strip()])
+            rows.append([j.label, *["-"] * (len(cols) - 1 + len(bases)), f"{j.status}: {j.reason or ''}".strip()])
             continue
         speed = _speed(j)
-        ratio = f"{speed / base:.2f}x" if speed and base else "-"
-        rows.append([_fmt(get(j)) for _, get in cols] + [ratio, "ok"])
+        ratios = [f"{speed / base:.2f}x" if speed and base else "-" for base in bases.values()]
+        rows.append([_fmt(get(j)) for _, get in cols] + ratios + ["ok"])
     return headers, rows
 
 
@@ -208,7 +216,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="plugstack report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", help="a sweep's directory (or any directory holding bench.json files)")
-    parser.add_argument("--baseline", help="a word of the baseline job's label, e.g. backend=cpu (default: first)")
+    parser.add_argument("--baseline", action="append",
+                        help="a word of a baseline job's label, e.g. peer=transformers; repeat for more ratio columns "
+                             "(default: the first job)")
     parser.add_argument("--out", help="where report.md, report.csv and the plots go (default: DIR)")
     args = parser.parse_args(argv)
     root = Path(args.dir).expanduser()
@@ -223,12 +233,16 @@ def main(argv: list[str]) -> int:
     if not jobs:
         raise ConfigError(f"no bench results under {root}: run e.g. plugstack --multirun app=bench "
                           f"backend=cpu,onnx, then report on the directory it prints.")
-    baseline = pick_baseline(jobs, args.baseline)
+    baselines = {word or "first": pick_baseline(jobs, word) for word in (args.baseline or [None])}
     out = Path(args.out).expanduser() if args.out else root
     out.mkdir(parents=True, exist_ok=True)
-    headers, rows = table_rows(jobs, baseline)
+    headers, rows = table_rows(jobs, baselines)
+    shared = any((j.record.get("memory") or {}).get("note") for j in jobs)
     caption = (f"Measured on {_machine(jobs)}. TTFT and pNN (per-token latency) at decode batch 1; "
-               f"b<N> tok/s: all N sequences together; x base: batch-1 decode speed against {baseline.label}.")
+               f"b<N> tok/s: all N sequences together; x <job>: batch-1 decode speed against that job's "
+               f"({'; '.join(b.label for b in baselines.values())})."
+               + (" RSS: jobs after the first shared one process, so their peaks include what earlier jobs "
+                  "left; see bench.json memory.note." if shared else ""))
     atomic_write(out / "report.md", markdown(headers, rows, caption))
     buf = io.StringIO()
     csv.writer(buf).writerows([headers, *rows])

@@ -57,7 +57,8 @@ def test_report_writes_a_table_markdown_csv_and_plots(sweep, tmp_path):
     from PIL import Image
 
     root, _ = sweep
-    result = run(["report", str(_sweep_dir(root)), "--baseline", "quantize=null", "--out", str(tmp_path)])
+    result = run(["report", str(_sweep_dir(root)), "--baseline", "quantize=null", "--baseline", "int8",
+                  "--out", str(tmp_path)])
     check(result, 0)
     assert "plugstack bench report" in result.stdout and "b2 tok/s" in result.stdout
     md = (tmp_path / "report.md").read_text()
@@ -65,9 +66,10 @@ def test_report_writes_a_table_markdown_csv_and_plots(sweep, tmp_path):
     assert md.count("| backend=onnx") == 2 and md.count("skipped: backend 'cpu' has no option") == 2
     rows = list(csv.reader((tmp_path / "report.csv").open()))
     header, body = rows[0], rows[1:]
-    assert len(body) == 4 and header[-2:] == ["x base", "status"]
+    assert len(body) == 4 and header[-3:] == ["x quantize=null", "x int8", "status"]
     onnx = {r[0]: r for r in body if r[-1] == "ok"}
-    assert onnx["backend=onnx backend.quantize=null"][-2] == "1.00x"  # the baseline
+    assert onnx["backend=onnx backend.quantize=null"][-3] == "1.00x"  # the first baseline
+    assert onnx["backend=onnx backend.quantize=int8"][-2] == "1.00x"  # the second
     assert float(onnx["backend=onnx backend.quantize=int8"][header.index("b2 tok/s")]) > 0
     for name in ("decode_tokens_per_s.png", "step_latency.png", "peak_memory.png"):
         with Image.open(tmp_path / name) as image:
