@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -12,6 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BIN = Path(sys.executable).with_name("plugstack")
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that a test interrupts: Ctrl-C as in a terminal, even when
+    the tests run as a background job (whose children inherit SIGINT ignored, which Python
+    then leaves ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 TRACEBACK = "Traceback (most recent call last)"
 
 

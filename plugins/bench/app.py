@@ -171,7 +171,7 @@ class BenchApp(App):
         results.save()
         if shared:
             ctx.log.warning("bench.memory.shared_process", note=SHARED_PROCESS)
-        plan = self._plan(ctx, runner, model)
+        plan = self._plan(runner, model)
         with _progress(len(plan) * (cfg.warmup + cfg.repeats)) as tick:
             for name, measure in plan:
                 ctx.log.info("bench.scenario.start", scenario=name)
@@ -193,6 +193,7 @@ class BenchApp(App):
         model = ctx.model
         t1 = time.perf_counter()
         self._check_fits(model.context_length)
+        self._plan(None, model)  # a model it cannot measure is refused before it is prepared
         runner = ctx.runner
         t2 = time.perf_counter()
         self._check_fits(_window(runner))
@@ -221,10 +222,10 @@ class BenchApp(App):
         meter = ctx.backend.energy_meter()
         return (meter, "") if meter is not None else rapl_meter()
 
-    def _plan(self, ctx: RunContext, runner: Any, model: Any) -> list[tuple[str, Any]]:
+    def _plan(self, runner: Any, model: Any) -> list[tuple[str, Any]]:
         """The scenarios this model's signature allows, as (name, measure(meter, tick))."""
         cfg = self.cfg
-        sig = runner.signature
+        sig = model.signature
         if "input_ids" in sig.feed_inputs and "logits" in sig.output_names:
             vocab = sig.meta.get("vocab_size")
             tok = model.tokenizer

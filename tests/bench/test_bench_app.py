@@ -167,3 +167,20 @@ def test_bad_input_is_a_clear_error_and_measures_nothing(cli_in_process, tmp_pat
     check(result, 2, [says])
     if (run_dir / "bench.json").exists():
         assert json.loads((run_dir / "bench.json").read_text())["scenarios"] == []
+
+
+def test_a_model_it_cannot_measure_is_refused_before_it_is_prepared(cli_in_process, tmp_path):
+    """A regressor (tests/train's plugin): neither a decoder nor an image model."""
+    import shutil
+
+    site = tmp_path / "site"
+    info = site / "trainplug-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: trainplug\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[plugstack]\ntrainplug = trainplug\n")
+    shutil.copy(Path(__file__).parents[1] / "train" / "trainplug.py", site / "trainplug.py")
+    with cli_in_process({"PYTHONPATH": str(site), "PLUGSTACK_HOME": str(tmp_path / "home")}) as cli:
+        result = cli(["app=bench", "model=no-train", "backend=cpu", f"hydra.run.dir={tmp_path / 'run'}"])
+    check(result, 2, ["app=bench measures decoders (a step from input_ids to logits) and models that offer images",
+                      "model 'no-train' steps"])
+    assert not (tmp_path / "run" / "bench.json").exists()

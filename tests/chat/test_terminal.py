@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from badinput import TRACEBACK, check, run
+from badinput import TRACEBACK, check, default_sigint, run
 
 BIN = str(Path(sys.executable).with_name("plugstack"))
 #: prompt_toolkit turns bracketed paste on while it reads a line and off once it is sent:
@@ -41,7 +41,8 @@ def chat(chat_model_dir, env):
     def spawn(*overrides):
         args = ["app=chat", "model=llama", f"model.path={chat_model_dir}", "backend=cpu", "app.temperature=0",
                 *overrides]
-        child = pexpect.spawn(BIN, args, env=env, encoding="utf-8", timeout=60, dimensions=(40, 250))
+        child = pexpect.spawn(BIN, args, env=env, encoding="utf-8", timeout=60, dimensions=(40, 250),
+                              preexec_fn=default_sigint)
         children.append(child)
         child.expect_exact(READING)
         return child

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from badinput import BIN, Result, check, run
+from badinput import BIN, Result, check, default_sigint, run
 
 
 @dataclass(frozen=True)
@@ -267,7 +267,7 @@ def test_interrupted_prompt_file_keeps_every_finished_answer(sig, code, tmp_path
             "app.chat=false", "backend.threads=1"]
     env_runs = tmp_path / "runs"
     proc = subprocess.Popen([str(BIN), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**_env(), "PLUGSTACK_OUTPUTS": str(env_runs)})
+                            env={**_env(), "PLUGSTACK_OUTPUTS": str(env_runs)}, preexec_fn=default_sigint)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and _lines(tmp_path) < 2 and proc.poll() is None:
         time.sleep(0.02)
