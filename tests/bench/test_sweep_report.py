@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -133,20 +134,29 @@ def _processes_naming(text: str) -> list[str]:
 
 
 def test_a_ray_sweep_of_two_jobs_runs_on_a_local_cluster(tmp_path_factory, tiny_model_dir):
-    """hydra/launcher=ray with no address starts a local Ray; its temp dir is the test's own
-    (short: Ray's socket paths must fit 107 bytes), and no Ray process outlives the sweep."""
+    """hydra/launcher=ray with no address starts a local Ray; its temp dir is inside the test's
+    own, and no Ray process outlives the sweep. Ray's socket paths must fit 107 bytes, which
+    pytest's temp dirs do not always leave room for (under xdist: .../popen-gw0/...), so Ray
+    is given a short link to it."""
     root = tmp_path_factory.mktemp("r")
     ray_tmp = root / "ray"
+    ray_tmp.mkdir()
+    link = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp")) / "t"
+    link.symlink_to(ray_tmp)
     env = {**_env(root), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    result = run(["--multirun", "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2",
-                  f"+hydra.launcher.ray.init._temp_dir={ray_tmp}", "+hydra.launcher.ray.init.include_dashboard=false",
-                  *QUICK, f"model.path={tiny_model_dir}", "backend=cpu,onnx"], env=env, timeout=600)
+    try:
+        result = run(["--multirun", "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2",
+                      f"+hydra.launcher.ray.init._temp_dir={link}", "+hydra.launcher.ray.init.include_dashboard=false",
+                      *QUICK, f"model.path={tiny_model_dir}", "backend=cpu,onnx"], env=env, timeout=600)
+    finally:
+        link.unlink()
+        link.parent.rmdir()
     check(result, 0)
     jobs = sorted(_sweep_dir(root).glob("[0-9]*"))
     assert [json.loads((j / "bench.json").read_text())["backend"]["ran"] for j in jobs] == ["cpu", "onnx"]
     assert any(ray_tmp.glob("session_*")), "Ray kept its files elsewhere"
     for _ in range(50):  # Ray's processes end with its driver, within seconds
-        left = _processes_naming(str(ray_tmp))
+        left = _processes_naming(str(ray_tmp)) + _processes_naming(str(link))
         if not left:
             break
         time.sleep(0.2)
