@@ -19,7 +19,6 @@ benchmark-only packages: a peer whose package is missing is recorded as skipped,
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import subprocess
@@ -27,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from plugstack.plugins.bench.scenarios import step_gaps
 
 PEERS = ("transformers", "genai-fp32", "genai-int8", "genai-int4", "llama-cpp")
 
@@ -59,10 +60,6 @@ def options(args: argparse.Namespace) -> Any:
     return cfg
 
 
-def _steps(marks: list[float]) -> list[float]:
-    return [b - a for a, b in itertools.pairwise(marks)]
-
-
 def transformers_peer(gguf: Path, threads: int) -> tuple[Any, dict[str, Any]]:
     import torch
     import transformers
@@ -86,7 +83,7 @@ def transformers_peer(gguf: Path, threads: int) -> tuple[Any, dict[str, Any]]:
         t0 = time.perf_counter()
         out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
                           do_sample=False, pad_token_id=0, logits_processor=LogitsProcessorList([clock]))
-        return clock.marks[0] - t0, _steps(clock.marks), (out.shape[1] - ids.shape[1]) * ids.shape[0]
+        return clock.marks[0] - t0, step_gaps(clock.marks), (out.shape[1] - ids.shape[1]) * ids.shape[0]
 
     return generate, {"ran": f"transformers {transformers.__version__}", "dtype": "fp32", "max_batch": None}
 
@@ -120,7 +117,7 @@ def genai_peer(gguf: Path, threads: int, precision: str) -> tuple[Any, dict[str,
         for _ in range(n):
             gen.generate_next_token()
             marks.append(time.perf_counter())
-        return marks[0] - t0, _steps(marks), n
+        return marks[0] - t0, step_gaps(marks), n
 
     return generate, {"ran": f"onnxruntime-genai {og.__version__}", "dtype": precision, "max_batch": 1}
 
@@ -140,7 +137,7 @@ def llama_cpp_peer(gguf: Path, threads: int, context: int) -> tuple[Any, dict[st
             next(gen)
             marks.append(time.perf_counter())
         gen.close()
-        return marks[0] - t0, _steps(marks), n
+        return marks[0] - t0, step_gaps(marks), n
 
     return generate, {"ran": f"llama.cpp (llama-cpp-python {llama_cpp.__version__})", "dtype": "Q4_1 GGUF",
                       "max_batch": 1}

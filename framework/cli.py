@@ -259,8 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             argv = _with_prompt(argv)
             prepare_hydra()
-            check_choices(_overrides(argv))
-            argv = sweep_argv(argv, _overrides(argv))
+            overrides = _overrides(argv)
+            check_choices(overrides)
+            argv = sweep_argv(argv, overrides)
             if "--help" in argv or "-h" in argv:
                 return _help(argv)
         except BrokenPipeError:

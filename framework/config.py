@@ -137,14 +137,22 @@ def group_options(group: str) -> list[str]:
         return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
 
 
-def check_choices(overrides: Sequence[str]) -> None:
-    """Fail early, with a suggestion, on ``backend=onxx``-style typos in group choices."""
+def parse_overrides(overrides: Sequence[str]) -> list[Any] | None:
+    """Hydra's parsed form of ``overrides``; ``None`` where the grammar is wrong (Hydra then
+    reports it itself, with its own message)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        return OverridesParser.create().parse_overrides(list(overrides))
     except Exception:
-        return  # Hydra reports grammar errors itself, with its own message
+        return None
+
+
+def check_choices(overrides: Sequence[str]) -> None:
+    """Fail early, with a suggestion, on ``backend=onxx``-style typos in group choices."""
+    parsed = parse_overrides(overrides)
+    if parsed is None:
+        return
     cache: dict[str, list[str]] = {}
     for override in parsed:
         group = override.key_or_group

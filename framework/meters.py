@@ -10,13 +10,12 @@ import os
 import platform
 import re
 import sys
-import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EnergyMeter", "PeakRSS", "environment", "rapl_meter"]
+__all__ = ["EnergyMeter", "PeakRSS", "environment", "nvml_meter", "rapl_meter"]
 
 POWERCAP = Path("/sys/class/powercap")
 
@@ -24,7 +23,7 @@ POWERCAP = Path("/sys/class/powercap")
 class PeakRSS:
     """This process's peak resident memory over a stretch of work (Linux ``VmHWM``).
 
-    :meth:`reset` lowers the peak to the current size (``/proc/self/clear_refs``), so jobs
+    Construction lowers the peak to the current size (``/proc/self/clear_refs``), so jobs
     of a sweep that share a process each get their own peak; ``start_bytes`` is what the
     process held when the stretch began (what earlier work left behind)."""
 
@@ -71,19 +70,18 @@ def _write(path: str, text: str) -> bool:
 
 @dataclass
 class EnergyMeter:
-    """Cumulative energy counters (joules) of some domains; :meth:`read` sums them.
-
-    ``wrap`` is each counter's range, for counters that roll over (RAPL's)."""
+    """Cumulative energy counters (joules) of some domains: :meth:`joules_since` sums
+    their growth since :meth:`start`. ``wrap`` is each counter's range, for counters that
+    roll over (RAPL's)."""
 
     source: str
     read_counters: Any  # () -> list[float] joules, one per domain
     wrap: list[float] = field(default_factory=list)
 
-    def start(self) -> Any:
-        return (time.perf_counter(), self.read_counters())
+    def start(self) -> list[float]:
+        return self.read_counters()
 
-    def joules_since(self, mark: Any) -> float:
-        _, before = mark
+    def joules_since(self, before: list[float]) -> float:
         total = 0.0
         for i, (a, b) in enumerate(zip(before, self.read_counters(), strict=True)):
             delta = b - a

@@ -26,15 +26,6 @@ __all__ = ["SweepExitCodes", "not_applicable", "sweep_argv"]
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
-def _parsed(overrides: Sequence[str]) -> list[Any] | None:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        return OverridesParser.create().parse_overrides(list(overrides))
-    except Exception:
-        return None  # Hydra reports grammar errors itself
-
-
 def _fields(group: str, choice: str) -> set[str] | None:
     """Options the plugin behind ``group=choice`` declares; ``None`` when unknown (a preset YAML)."""
     from .registry import get_registry
@@ -48,11 +39,11 @@ def _fields(group: str, choice: str) -> set[str] | None:
 
 def sweep_argv(argv: list[str], overrides: list[str]) -> list[str]:
     """``argv`` with the options of swept groups made force-adds (see the module docstring)."""
-    from .config import GROUPS
+    from .config import GROUPS, parse_overrides
 
     if not any(flag in argv for flag in MULTIRUN_FLAGS):
         return argv
-    parsed = _parsed(overrides)
+    parsed = parse_overrides(overrides)
     if parsed is None:
         return argv
     swept = {o.key_or_group: list(o.sweep_string_iterator()) for o in parsed

@@ -158,8 +158,9 @@ class AutoBackend(Backend):
                                       f"use backend=cpu or backend=cuda.")
 
     def reset_peak_memory(self) -> None:
-        if self.select().backend is not None:
-            self.select().backend.reset_peak_memory()
+        chosen = self.select().backend
+        if chosen is not None:
+            chosen.reset_peak_memory()
 
     def peak_memory(self) -> int | None:
         chosen = self.select().backend

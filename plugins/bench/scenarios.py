@@ -28,7 +28,7 @@ from plugstack.sampling import SamplingParams
 from .stats import latency, summary
 
 __all__ = ["Generate", "Scenario", "decode_scenario", "greedy_timings", "images_scenario", "prefill_scenario",
-           "synthetic_prompt"]
+           "step_gaps", "synthetic_prompt"]
 
 #: ``(prompts, new_tokens) -> (seconds to the batch's first token, seconds of each later step,
 #: tokens made)``: one greedy run of every prompt together, EOS ignored.
@@ -110,6 +110,11 @@ def _finish(scenario: Scenario, timed: list[_Timed], joules: float | None) -> Sc
     return scenario
 
 
+def step_gaps(marks: list[float]) -> list[float]:
+    """Seconds between consecutive token times: the per-step latencies."""
+    return [b - a for a, b in itertools.pairwise(marks)]
+
+
 def greedy_timings(runner: Any, prompts: list[list[int]], new_tokens: int) -> tuple[float, list[float], int]:
     """A :data:`Generate` over a plugstack runner (bind it: ``functools.partial(greedy_timings, runner)``)."""
     params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0, ignore_eos=True)
@@ -123,7 +128,7 @@ def greedy_timings(runner: Any, prompts: list[list[int]], new_tokens: int) -> tu
     t0 = time.perf_counter()
     results = generate_ids(runner, prompts, params, on_token=on_token)
     made = sum(r.completion_tokens for r in results)
-    steps = [b - a for a, b in itertools.pairwise(marks)]
+    steps = step_gaps(marks)
     return marks[0] - t0, steps, made
 
 
