@@ -18,8 +18,12 @@ Before each reply the oldest turns are dropped, with a notice, until the prompt 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -129,9 +133,10 @@ class Session:
         try:
             text = stream(self.ctx.runner, self.tokenizer, fitted.prompt, self.params)
             for delta in text:
-                self.out.write(delta)
-                shown.append(delta)  # before the flush: a Ctrl-C during it still keeps what reached the screen
-                self.out.flush()
+                with _held_interrupt(self.interruptible):  # the screen and `shown` get the delta, or neither
+                    self.out.write(delta)
+                    self.out.flush()
+                    shown.append(delta)
         except Terminated:
             raise
         except KeyboardInterrupt:
@@ -162,6 +167,26 @@ class Session:
         self.ctx.log.info("chat.reply", prompt_tokens=prompt_tokens, completion_tokens=result.completion_tokens,
                           finish_reason=result.finish_reason, dropped_turns=dropped,
                           turns=len(self.conversation.turns), decode_tok_s=round(result.timings.tokens_per_s, 1))
+
+
+@contextlib.contextmanager
+def _held_interrupt(active: bool) -> Iterator[None]:
+    """A Ctrl-C inside the block is raised when it ends (on a terminal; elsewhere nothing changes).
+
+    Between a write that reached the screen and the bookkeeping after it, a KeyboardInterrupt
+    would make the kept reply differ from the one shown.
+    """
+    if not active or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
 
 
 def _turns(n: int) -> str:

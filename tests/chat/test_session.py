@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -186,3 +188,30 @@ def test_removing_the_system_message_says_the_models_own_applies_again(make_sess
     assert s.conversation.system is None
     said = "System message removed; the model's own (model.system_prompt) applies again: Be a shop."
     assert said in s.notes.getvalue()
+
+
+class _CtrlCOnWrite(io.StringIO):
+    """A screen that gets a Ctrl-C (SIGINT to this process) as its ``at``-th write reaches it."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at, self.writes = at, 0
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        self.writes += 1
+        if self.writes == self.at:
+            os.kill(os.getpid(), signal.SIGINT)  # Python raises it at the next bytecode, right after this write
+        return written
+
+
+def test_ctrl_c_as_a_delta_reaches_the_screen_keeps_exactly_what_was_shown(make_session, greedy):
+    s = make_session(max_new_tokens=40)
+    s.out = _CtrlCOnWrite(at=5)
+    s.handle("Hello")
+    shown = s.out.getvalue().removesuffix("\n")
+    assert "(Reply stopped; the part shown stays" in s.notes.getvalue()
+    full = greedy([{"role": "user", "content": "Hello"}], 40)
+    assert full.startswith(shown) and 0 < len(shown) < len(full)  # stopped early
+    assert s.conversation.turns == [Turn("Hello", shown)]  # the fifth delta too: it reached the screen
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the reply's handler is gone
