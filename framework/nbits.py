@@ -19,6 +19,10 @@ type becomes, and why (measured on this machine with ONNX Runtime 1.32's CPU ker
     ``accuracy_level=0``: ORT has no fast fp32 kernel for 8 bits (tens of times slower), so
     ``q = 16·h + l`` is split into two exact 4-bit terms, ``(16d)·h + d·l``, summed.
 
+:func:`with_low_rank` adds a term ``y += (x·aᵀ)·bᵀ`` beside a matrix's blocks (a LoRA
+adapter, which merging into the weights would make the blocks no longer describe); it
+shares the two small MatMuls that compute the block sums, so it adds no node.
+
 Every other type returns ``None`` with the reason (:func:`why_not`), and the builder keeps
 that matrix in fp32: exact, only slower. :func:`dequantize` is the fp32 form of any type
 (what the Llama loader builds its eager module from).
@@ -26,12 +30,12 @@ that matrix in fp32: exact, only slower. :func:`dequantize` is the fp32 form of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 __all__ = ["BLOCK", "EXACT_TYPES", "BlockMatrix", "NBits", "concat_rows", "dequantize", "gather_q8_0", "nbits_nodes",
-           "nbits_terms", "why_not"]
+           "nbits_terms", "why_not", "with_low_rank"]
 
 #: Elements per MatMulNBits block (ggml's QK4_0 = QK4_1 = QK8_0 = 32; Q4_K's sub-blocks).
 BLOCK = 32
@@ -72,6 +76,9 @@ class NBits:
     zero_points: np.ndarray | None = None
     #: float32 ``[N, K/32]`` added per block (``y += blocksum(x)·minsᵀ``), or ``None``.
     mins: np.ndarray | None = None
+    #: float32 ``(a [R, K], b [N, R])``: a low-rank term ``y += (x·aᵀ)·bᵀ`` (a LoRA adapter's,
+    #: its scale in ``b``), or ``None``.
+    low_rank: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def n(self) -> int:
@@ -132,6 +139,32 @@ def _q4_k(m: BlockMatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return q, (d[..., None] * scale).reshape(m.rows, -1), -(dmin[..., None] * low).reshape(m.rows, -1)
 
 
+def with_low_rank(terms: list[NBits], a: np.ndarray, b: np.ndarray) -> list[NBits]:
+    """``terms`` plus ``y += (x·aᵀ)·bᵀ`` (``a`` ``[R, K]``, ``b`` ``[N, R]``): a LoRA adapter kept
+    beside the file's blocks, which merging it in would no longer match."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    t = terms[0]
+    if a.shape[1] != t.k or b.shape != (t.n, a.shape[0]):
+        raise ValueError(f"a low-rank term of shapes {list(a.shape)} and {list(b.shape)} does not fit a "
+                         f"[{t.n}, {t.k}] matrix")
+    if t.low_rank is not None:
+        a, b = np.concatenate([t.low_rank[0], a]), np.concatenate([t.low_rank[1], b], axis=1)
+    return [replace(t, low_rank=(a, b)), *terms[1:]]
+
+
+def _stack_low_rank(terms: tuple[NBits, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The low-rank terms of matrices stacked along N: ``a`` stacked, ``b`` block-diagonal."""
+    if all(t.low_rank is None for t in terms):
+        return None
+    parts = [t.low_rank or (np.zeros((0, t.k), np.float32), np.zeros((t.n, 0), np.float32)) for t in terms]
+    b = np.zeros((sum(t.n for t in terms), sum(a.shape[0] for a, _ in parts)), np.float32)
+    row = col = 0
+    for a, part in parts:
+        b[row : row + part.shape[0], col : col + a.shape[0]] = part
+        row, col = row + part.shape[0], col + a.shape[0]
+    return np.concatenate([a for a, _ in parts]), b
+
+
 def concat_rows(parts: list[list[NBits]]) -> list[NBits] | None:
     """Terms of matrices stacked along N (a packed QKV), or ``None`` when their forms differ."""
     if len({len(p) for p in parts}) != 1 or any(len({p[i].bits for p in parts}) != 1 for i in range(len(parts[0]))):
@@ -147,13 +180,14 @@ def concat_rows(parts: list[list[NBits]]) -> list[NBits] | None:
             np.concatenate(zps) if has_zp else None,
             np.concatenate([t.mins if t.mins is not None else np.zeros_like(t.scales) for t in terms])
             if has_mins else None,
+            _stack_low_rank(terms),
         ))
     return out
 
 
-def nbits_nodes(x: str, terms: list[NBits], name: str, *, rank: int, accuracy_level: int) -> tuple[list, list, str]:
-    """ONNX nodes computing ``x·Wᵀ`` from ``terms`` (``x``: float ``[..., K]`` of ``rank``
-    dimensions): ``(nodes, initializers, output name)``, for a builder to add to its graph."""
+def nbits_nodes(x: str, terms: list[NBits], name: str, *, accuracy_level: int) -> tuple[list, list, str]:
+    """ONNX nodes computing ``x·Wᵀ`` from ``terms`` (``x``: float ``[..., K]``):
+    ``(nodes, initializers, output name)``, for a builder to add to its graph."""
     from onnx import helper, numpy_helper
 
     nodes, inits, outs = [], [], []
@@ -167,20 +201,34 @@ def nbits_nodes(x: str, terms: list[NBits], name: str, *, rank: int, accuracy_le
         nodes.append(helper.make_node("MatMulNBits", inputs, [p + ".out"], name=p, domain="com.microsoft", K=t.k,
                                       N=t.n, bits=t.bits, block_size=BLOCK, accuracy_level=accuracy_level))
         outs.append(p + ".out")
-        if t.mins is not None:  # y += blocksum(x) · minsᵀ
-            inits += [numpy_helper.from_array(np.array([0] * (rank - 1) + [t.k // BLOCK, BLOCK], np.int64), p + ".blk"),
-                      numpy_helper.from_array(np.array([-1], np.int64), p + ".last"),
-                      numpy_helper.from_array(np.ascontiguousarray(t.mins.T), p + ".mins")]
-            nodes += [helper.make_node("Reshape", [x, p + ".blk"], [p + ".blocks"], name=p + ".r"),  # [.., K/32, 32]
-                      helper.make_node("ReduceSum", [p + ".blocks", p + ".last"], [p + ".sums"], name=p + ".sum",
-                                       keepdims=0),  # [..., K/32]
-                      helper.make_node("MatMul", [p + ".sums", p + ".mins"], [p + ".min_out"], name=p + ".min")]
-            outs.append(p + ".min_out")
+        low = _low_rank(t)
+        if low is not None:  # y += (x·uᵀ)·vᵀ: two small float MatMuls
+            inits += [numpy_helper.from_array(np.ascontiguousarray(low[0].T), p + ".u"),
+                      numpy_helper.from_array(np.ascontiguousarray(low[1].T), p + ".v")]
+            nodes += [helper.make_node("MatMul", [x, p + ".u"], [p + ".low"], name=p + ".low"),  # [..., R]
+                      helper.make_node("MatMul", [p + ".low", p + ".v"], [p + ".low_out"], name=p + ".low_out")]
+            outs.append(p + ".low_out")
     while len(outs) > 1:
         out = f"{name}.sum{len(outs)}"
         nodes.append(helper.make_node("Add", outs[-2:], [out], name=out))
         outs[-2:] = [out]
     return nodes, inits, outs[0]
+
+
+def _low_rank(t: NBits) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(u [R, K], v [N, R])`` with ``x·uᵀ·vᵀ`` = the block-sum term plus the low-rank one.
+
+    The block sums are ``x·sᵀ`` with ``s`` 0/1 ``[K/32, K]``, so both terms share one pair of
+    MatMuls: an adapter costs no node more than the file's own mins (measured as fast as
+    Reshape + ReduceSum)."""
+    us, vs = [], []
+    if t.mins is not None:
+        us.append(np.kron(np.eye(t.k // BLOCK, dtype=np.float32), np.ones((1, BLOCK), np.float32)))
+        vs.append(t.mins)
+    if t.low_rank is not None:
+        us.append(t.low_rank[0])
+        vs.append(t.low_rank[1])
+    return (np.concatenate(us), np.concatenate(vs, axis=1)) if us else None
 
 
 def gather_q8_0(m: BlockMatrix) -> tuple[np.ndarray, np.ndarray] | None:

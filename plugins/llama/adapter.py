@@ -104,6 +104,24 @@ class Adapter:
         return out
 
 
+    def low_rank(self) -> dict[str, tuple[Any, Any]]:
+        """A LoRA adapter's terms as float32 numpy, by the weight they add to:
+        ``{"layers.0.self_attn.q_proj.weight": (A [rank, in], scale·B [out, rank])}``."""
+        import numpy as np
+        from safetensors import SafetensorError, safe_open
+
+        if self.kind != "lora":
+            raise ValueError(f"a {self.kind} adapter has no low-rank terms")
+        try:
+            with safe_open(str(self.path), framework="numpy") as st:
+                stored = {k: st.get_tensor(k).astype(np.float32) for k in st.keys()}
+        except (SafetensorError, OSError) as e:
+            raise _unusable(self.path, f"its tensors cannot be read ({e})") from None
+        scale = np.float32(self.meta["scale"])
+        return {f"{name}.weight": (stored[f"{name}.lora_A.weight"], scale * stored[f"{name}.lora_B.weight"])
+                for name in {n.rsplit(".lora_", 1)[0] for n in stored}}
+
+
 def _unusable(path: Path, why: str) -> ModelLoadError:
     return ModelLoadError(f"model.adapter={path} cannot be used: {why}. Point model.adapter at a .safetensors "
                           f"file that app=train wrote (its model.safetensors, or a checkpoint's).")

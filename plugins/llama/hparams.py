@@ -70,12 +70,13 @@ def inplace_kv_step(model: Any) -> Any:
 
 
 def llama_model(cfg: LlamaConfig, *, name: str, module: Any = None, make_module: Any = None, blocks: Any = None,
-                no_blocks: str = "", **fields: Any) -> Model:
+                no_blocks: str = "", low_rank: Any = None, **fields: Any) -> Model:
     """A :class:`plugstack.Model` of a ``Llama`` with these hyper-parameters: given as
     ``module``, or built by ``make_module`` on first use; with the plugin's builders (its
     fused ONNX graph, fed ``blocks``, the weights as a GGUF stores them, for native
-    quantisation, or ``no_blocks``: why it has none; its in-place KV step). ``fields``: the
-    other ``Model`` fields."""
+    quantisation, or ``no_blocks``: why it has none, and ``low_rank``: a LoRA adapter's
+    terms to keep beside those blocks; its in-place KV step). ``fields``: the other
+    ``Model`` fields."""
     from .onnx_graph import LlamaOnnxBuilder
 
     def example_inputs(**sizes: int) -> Any:
@@ -84,6 +85,6 @@ def llama_model(cfg: LlamaConfig, *, name: str, module: Any = None, make_module:
     model = Model(name=name, kind="decoder", module=module, make_module=make_module, signature=llama_signature(cfg),
                   example_inputs=module.example_inputs if module is not None else example_inputs,
                   context_length=cfg.context_length,
-                  builders={"onnx": LlamaOnnxBuilder(blocks, cfg=cfg, no_blocks=no_blocks),
+                  builders={"onnx": LlamaOnnxBuilder(blocks, cfg=cfg, no_blocks=no_blocks, low_rank=low_rank),
                             "torch.inplace_kv": inplace_kv_step}, **fields)
     return model

@@ -93,9 +93,9 @@ def load_path(path: str | Path, *, context_length: int | None = None, name: str 
         merged = read_adapter(adapter, hparams=module_cfg.to_dict(), base_digest=digest, base_source=str(path))
         extra["adapter"] = merged.describe()
         digest = merged.folded(digest)
-        if blocks:  # the file's quantised blocks no longer describe the weights: onnx builds from fp32
-            blocks, no_blocks = None, (f"model.adapter={merged.path} is merged into the fp32 weights, which the "
-                                       f"file's own quantised blocks no longer describe")
+        if blocks and merged.kind == "full":  # new weights: the file's quantised blocks no longer describe them
+            blocks, no_blocks = None, (f"model.adapter={merged.path} holds fully fine-tuned weights, which the "
+                                       f"file's own quantised blocks do not describe")
 
     def make_module():
         t = time.perf_counter()
@@ -121,6 +121,7 @@ def load_path(path: str | Path, *, context_length: int | None = None, name: str 
     from .hparams import llama_model
 
     return llama_model(module_cfg, name=name, make_module=make_module, blocks=blocks, no_blocks=no_blocks,
+                       low_rank=merged.low_rank if merged is not None and merged.kind == "lora" else None,
                        tokenizer=tokenizer, weights_digest=digest, source=str(path), info=info)
 
 

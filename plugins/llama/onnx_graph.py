@@ -23,7 +23,7 @@ rows that already hold a cache (``multi_row_chunks=False``): the runner splits s
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,29 +32,44 @@ import structlog
 
 from plugstack.builders import BuiltGraph, GraphRequest
 from plugstack.model import Model
-from plugstack.nbits import EXACT_TYPES, BlockMatrix, NBits, concat_rows, gather_q8_0, nbits_nodes, nbits_terms, why_not
+from plugstack.nbits import (
+    EXACT_TYPES,
+    BlockMatrix,
+    NBits,
+    concat_rows,
+    gather_q8_0,
+    nbits_nodes,
+    nbits_terms,
+    why_not,
+    with_low_rank,
+)
 
 from .hparams import LlamaConfig
 
 log = structlog.get_logger("plugstack.onnx")
+#: A LoRA term ``(A [rank, in], scale·B [out, rank])``, float32.
+LowRank = tuple[np.ndarray, np.ndarray]
 
 
 class LlamaOnnxBuilder:
     """``Model.builders["onnx"]`` of the Llama plugin (an ``OnnxGraphBuilder``).
 
     ``blocks``: the weights as a GGUF file stores them (``GGUFContents.block_matrices``),
-    which a ``quantize="native"`` request writes as ``MatMulNBits`` (``plugstack.nbits``)."""
+    which a ``quantize="native"`` request writes as ``MatMulNBits`` (``plugstack.nbits``);
+    ``low_rank``: called on a native build for a LoRA adapter's terms (``Adapter.low_rank``),
+    each added beside its matrix's blocks."""
 
     #: Bump when the graph this module writes changes: part of the backend's cache key.
-    version = 7
+    version = 8
 
     def __init__(self, blocks: Mapping[str, BlockMatrix] | None = None, *, cfg: LlamaConfig | None = None,
-                 no_blocks: str = "") -> None:
+                 no_blocks: str = "", low_rank: Callable[[], Mapping[str, LowRank]] | None = None) -> None:
         self.blocks = dict(blocks or {})
         #: The hyper-parameters of the Llama this builder was made for (its module may not be built yet).
         self.cfg = cfg
-        #: Why there are no blocks though the file had some (an adapter merged into the weights).
+        #: Why there are no blocks though the file had some (fully fine-tuned weights replace them).
         self.no_blocks = no_blocks
+        self.low_rank = low_rank
 
     def declines(self, model: Model, request: GraphRequest) -> str:
         if model.module_built:  # else the plugin made this builder for the module it will build
@@ -81,7 +96,8 @@ class LlamaOnnxBuilder:
 
     def build(self, model: Model, path: Path, request: GraphRequest) -> BuiltGraph:
         native = self.blocks if request.quantize == "native" else None
-        build_llama(model, path, native=native, accuracy_level=request.accuracy_level)
+        low_rank = self.low_rank() if native is not None and self.low_rank is not None else None
+        build_llama(model, path, native=native, low_rank=low_rank, accuracy_level=request.accuracy_level)
         return BuiltGraph(state_layout="ragged", inplace_state=True, multi_row_chunks=False)
 
 
@@ -89,9 +105,10 @@ def _np(t: Any) -> np.ndarray:
     return t.detach().float().cpu().numpy()
 
 
-def _native_terms(blocks: Mapping[str, BlockMatrix], names: list[str], level: int,
-                  fallbacks: dict[str, str]) -> list[NBits] | None:
-    """The MatMulNBits terms of the matrices ``names`` stacked by rows, or ``None`` (fp32)."""
+def _native_terms(blocks: Mapping[str, BlockMatrix], names: list[str], level: int, fallbacks: dict[str, str],
+                  low_rank: Mapping[str, LowRank]) -> list[NBits] | None:
+    """The MatMulNBits terms of the matrices ``names`` stacked by rows, with the low-rank
+    terms of those that have one, or ``None`` (fp32: the module's weights, adapter merged)."""
     parts = []
     for n in names:
         m = blocks.get(n)
@@ -101,7 +118,7 @@ def _native_terms(blocks: Mapping[str, BlockMatrix], names: list[str], level: in
         if terms is None:
             fallbacks[n] = why_not(m)
             return None
-        parts.append(terms)
+        parts.append(with_low_rank(terms, *low_rank[n]) if n in low_rank else terms)
     joined = concat_rows(parts)
     if joined is None:
         kinds = ", ".join(blocks[n].kind for n in names)
@@ -110,9 +127,10 @@ def _native_terms(blocks: Mapping[str, BlockMatrix], names: list[str], level: in
 
 
 def build_llama(model: Model, path: Path, *, native: Mapping[str, BlockMatrix] | None = None,
-                accuracy_level: int = 4) -> float:
+                low_rank: Mapping[str, LowRank] | None = None, accuracy_level: int = 4) -> float:
     """Write the fused step graph of ``model`` to ``path``; returns seconds. With ``native``,
-    every matrix the file stores in a type ``plugstack.nbits`` maps becomes MatMulNBits."""
+    every matrix the file stores in a type ``plugstack.nbits`` maps becomes MatMulNBits, with
+    its ``low_rank`` term (a LoRA adapter's) beside it where it has one."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -136,11 +154,11 @@ def build_llama(model: Model, path: Path, *, native: Mapping[str, BlockMatrix] |
         nodes.append(helper.make_node(op, inputs, outputs, name=f"{op}_{len(nodes)}", domain=domain, **attrs))
         return outputs
 
-    def linear(x: str, params: list[str], name: str, rank: int = 3) -> str:
+    def linear(x: str, params: list[str], name: str) -> str:
         """``x @ Wᵀ`` for the matrices ``params`` stacked by rows (one packed MatMul)."""
-        terms = _native_terms(blocks, params, accuracy_level, fallbacks) if native is not None else None
+        terms = _native_terms(blocks, params, accuracy_level, fallbacks, low_rank or {}) if native is not None else None
         if terms is not None:
-            more_nodes, more_inits, out = nbits_nodes(x, terms, name, rank=rank, accuracy_level=accuracy_level)
+            more_nodes, more_inits, out = nbits_nodes(x, terms, name, accuracy_level=accuracy_level)
             nodes.extend(more_nodes)
             inits.extend(more_inits)
             return out
@@ -224,7 +242,7 @@ def build_llama(model: Model, path: Path, *, native: Mapping[str, BlockMatrix] |
     final, _, _, _ = node("SkipSimplifiedLayerNormalization", [hidden_in, residual, norm_w],
                           ["final_norm", "", "", "final_residual"], domain="com.microsoft", epsilon=eps)
     last = node("Gather", [final, "last_index"], ["last_hidden"], axis=1)[0]  # [B, H]
-    head = linear(last, ["lm_head.weight"], "lm_head", rank=2)
+    head = linear(last, ["lm_head.weight"], "lm_head")
     node("Identity", [head], ["logits"])
 
     # -- graph inputs/outputs follow the signature ---------------------------------------------

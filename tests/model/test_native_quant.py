@@ -19,7 +19,7 @@ from plugstack.backends.onnx.backend import OnnxBackend
 from plugstack.backends.onnx.config import OnnxBackendConfig, validate
 from plugstack.builders import GraphRequest
 from plugstack.errors import UnsupportedOptionError
-from plugstack.nbits import BlockMatrix, concat_rows, nbits_nodes, nbits_terms, why_not
+from plugstack.nbits import BlockMatrix, concat_rows, nbits_nodes, nbits_terms, why_not, with_low_rank
 from plugstack.plugins.llama.loader import load_path
 from plugstack.testing import SlotDriver, tiny_decoder_model
 
@@ -45,7 +45,7 @@ def run_terms(terms, x: np.ndarray, level: int) -> np.ndarray:
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    nodes, inits, out = nbits_nodes("x", terms, "w", rank=2, accuracy_level=level)
+    nodes, inits, out = nbits_nodes("x", terms, "w", accuracy_level=level)
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, x.shape[1]])],
                               [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], initializer=inits)
     opsets = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
@@ -80,6 +80,33 @@ def test_matrices_of_different_types_pack_into_one_exact_matmul():
     assert np.abs(run_terms(packed, x, 0) - want).max() / np.abs(want).max() < 1e-5
     c, _ = quantised("Q8_0", rows=32)
     assert concat_rows([nbits_terms(a, 4), nbits_terms(c, 4)]) is None  # 4 and 8 bits: no single node
+
+
+@pytest.mark.parametrize("kind", [*KINDS, "Q4_K"])
+def test_a_low_rank_term_beside_the_blocks_adds_exactly_b_times_a(kind):
+    m, w = quantised(kind)
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((4, m.cols)).astype(np.float32), rng.standard_normal((m.rows, 4)).astype(np.float32)
+    x = rng.standard_normal((3, m.cols)).astype(np.float32)
+    want = x.astype(np.float64) @ (w + b.astype(np.float64) @ a).T  # the adapter merged into the file's weights
+    got = run_terms(with_low_rank(nbits_terms(m, 0), a * 0.5, b * 2.0), x, 0)
+    assert np.abs(got - want).max() / np.abs(want).max() < 1e-5
+    with pytest.raises(ValueError, match=r"a low-rank term of shapes \[4, 256\] and \[95, 4\] does not fit"):
+        with_low_rank(nbits_terms(m, 0), a, b[1:])
+
+
+def test_packed_matrices_keep_each_ones_low_rank_term_to_its_own_rows():
+    (q, wq), (k, wk), (v, wv) = (quantised(kind, rows=r, seed=s) for kind, r, s in
+                                 (("Q4_1", 64, 5), ("Q4_0", 32, 6), ("Q4_1", 32, 7)))
+    rng = np.random.default_rng(8)
+    aq, bq = rng.standard_normal((4, 256)).astype(np.float32), rng.standard_normal((64, 4)).astype(np.float32)
+    av, bv = rng.standard_normal((2, 256)).astype(np.float32), rng.standard_normal((32, 2)).astype(np.float32)
+    packed = concat_rows([with_low_rank(nbits_terms(q, 0), aq, bq), nbits_terms(k, 0),
+                          with_low_rank(nbits_terms(v, 0), av, bv)])  # k has no adapter
+    assert packed[0].low_rank[0].shape == (6, 256) and packed[0].low_rank[1].shape == (128, 6)
+    x = rng.standard_normal((2, 256)).astype(np.float32)
+    want = x.astype(np.float64) @ np.concatenate([wq + bq @ aq, wk, wv + bv @ av]).T
+    assert np.abs(run_terms(packed, x, 0) - want).max() / np.abs(want).max() < 1e-5
 
 
 def test_a_type_without_an_exact_form_says_why():
@@ -138,6 +165,51 @@ def test_a_matrix_of_a_type_without_exact_form_stays_fp32_with_a_log_line(tmp_pa
     with torch.inference_mode():
         want = logits_of(EagerRunner(model.module, model.signature), [5, 6, 7])
     assert float((logits_of(runner, [5, 6, 7]) - want).abs().max() / want.abs().max()) < 1e-5
+    runner.close()
+
+
+def write_lora(path, model, targets, rank=4, seed=0):
+    """A LoRA adapter file for ``model`` as app=train writes one, with random A and B."""
+    from safetensors.numpy import save_file
+
+    from plugstack.plugins.llama.adapter import adapter_metadata, lora_name
+    from plugstack.plugins.llama.checks import expected_shapes
+
+    hparams, rng = model.info["hparams"], np.random.default_rng(seed)
+    shapes, tensors = expected_shapes(hparams), {}
+    for i in range(hparams["num_layers"]):
+        for t in targets:
+            rows, cols = shapes[lora_name(i, t, "A").rsplit(".lora_", 1)[0] + ".weight"]
+            tensors[lora_name(i, t, "A")] = (rng.standard_normal((rank, cols)) * 0.1).astype(np.float16)
+            tensors[lora_name(i, t, "B")] = (rng.standard_normal((rows, rank)) * 0.1).astype(np.float16)
+    save_file(tensors, path, metadata=adapter_metadata("lora", base_digest=model.weights_digest,
+                                                       base_source=model.source, rank=rank, alpha=8.0, scale=2.0,
+                                                       targets=list(targets)))
+    return path
+
+
+def test_a_lora_adapter_runs_beside_the_files_blocks_in_the_base_graphs_shape(tmp_path, tiny_state, gguf_writer):
+    import onnx
+
+    state, module = tiny_state
+    path = gguf_writer(tmp_path / "q.gguf", state, module.cfg, qtype="Q4_1")
+    adapter = write_lora(tmp_path / "lora.safetensors", load_path(path), ["q_proj", "v_proj", "o_proj", "down_proj"])
+    prompt = [3, 9, 27, 81, 50, 100]
+    _, base_runner = prepare(path, tmp_path)
+    model = load_path(path, adapter=adapter)
+    runner = OnnxBackend(OnnxBackendConfig(cache_dir=str(tmp_path / "cache"), threads=1)).prepare(model)
+    inputs = runner.cache_entry.manifest["inputs"]
+    assert (inputs["quantize"], inputs["accuracy_level"]) == ("native", 0)  # auto: the file's blocks, adapter and all
+    with torch.inference_mode():
+        want = logits_of(EagerRunner(model.module, model.signature), prompt)  # eager: the adapter merged in fp32
+        base_logits = logits_of(base_runner, prompt)
+    got = logits_of(runner, prompt)
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-5
+    assert float((base_logits - want).abs().max() / want.abs().max()) > 1e-2  # the adapter does something
+    graphs = [onnx.load(str(r.cache_entry.path / "model.onnx"), load_external_data=False).graph
+              for r in (base_runner, runner)]
+    assert [n.op_type for n in graphs[0].node] == [n.op_type for n in graphs[1].node]  # no node more than the base
+    base_runner.close()
     runner.close()
 
 
