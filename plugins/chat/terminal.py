@@ -6,6 +6,9 @@ prompt_toolkit.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +44,8 @@ def run_terminal(session: Session, cfg: Any, history_path: Path | None) -> int:
     armed = False  # a Ctrl-C on an empty line; a second one in a row leaves
     while True:
         try:
-            line = prompt.prompt(PROMPT)
+            with _sigterm_through(prompt):
+                line = prompt.prompt(PROMPT)
         except EOFError:
             return 0
         except Terminated:
@@ -55,6 +59,35 @@ def run_terminal(session: Session, cfg: Any, history_path: Path | None) -> int:
         armed = False
         if not session.handle(line):
             return 0
+
+
+@contextlib.contextmanager
+def _sigterm_through(prompt: PromptSession) -> Iterator[None]:
+    """SIGTERM while the prompt is up ends it through prompt_toolkit's own loop, which then
+    raises :class:`Terminated` here: raised from the handler inside that loop, it can leave
+    the loop waiting forever (seen in CI). One arriving as a line is sent is raised after it."""
+    got: list[int] = []
+
+    def leave(app: Any) -> None:
+        if app.future is not None and not app.future.done():
+            app.exit(exception=Terminated())
+
+    def handler(signum: int, frame: object) -> None:
+        got.append(signum)
+        app = prompt.app
+        loop = getattr(app, "loop", None)
+        if app.is_running and loop is not None:
+            loop.call_soon_threadsafe(leave, app)  # safe from a signal handler: a write to the loop's pipe
+        else:
+            raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if got:
+        raise Terminated()
 
 
 def _keys(multiline: bool) -> KeyBindings:
