@@ -7,7 +7,8 @@ questions and the paraphrased GRPO prompts) with the model itself, greedily and 
 judges each answer by its fact, and writes a pair for each wrong one: the reference answer
 chosen, the model's answer rejected. Held-out questions are never asked.
 
-    python -m plugstack.plugins.support.onpolicy --adapter support --out runs/onpolicy.jsonl
+    python -m plugstack.plugins.support.onpolicy --adapter support --out runs/onpolicy.jsonl \\
+        --prompts-out runs/uncertain.jsonl   # GRPO prompts: answered both right and wrong
     plugstack app=train model=smollm2 model.finetune.objective=dpo \\
         model.finetune.data=runs/onpolicy.jsonl model.finetune.init_adapter=<the SFT adapter> ...
 """
@@ -23,7 +24,7 @@ from typing import Any
 from . import data_path, fact_correct, read_grpo, read_sft
 from .knowledge import DECLINES, FACTS
 
-__all__ = ["main", "pairs"]
+__all__ = ["main", "pairs", "uncertain"]
 
 ANSWERS = {item.id: item.answer for item in (*FACTS, *DECLINES)}
 
@@ -52,12 +53,26 @@ def pairs(answers: Sequence[str], prompts: Sequence[dict[str, Any]]) -> list[dic
     return out
 
 
+def uncertain(answers: Sequence[str], prompts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """GRPO prompt records (prompt and what the reward checks) of each prompt answered both
+    right and wrong: where a sampled group's rewards differ, so GRPO has a gradient."""
+    right: dict[str, set[bool]] = {}
+    records: dict[str, dict[str, Any]] = {}
+    for record, answer in zip(prompts, answers, strict=True):
+        key = json.dumps(record["prompt"])
+        right.setdefault(key, set()).add(fact_correct(record, answer))
+        records[key] = {k: v for k, v in record.items() if k != "messages"}
+    return [records[k] for k, seen in right.items() if len(seen) == 2]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--adapter", default="support", help="the model's adapter (a path or a shipped name)")
     parser.add_argument("--out", required=True, help="the JSONL of pairs to write")
     parser.add_argument("--samples", type=int, default=2, help="sampled answers per prompt, besides the greedy one")
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--prompts-out", default=None,
+                        help="also write, as GRPO prompts, those the model answered both right and wrong")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     import plugstack
@@ -81,6 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     atomic_write(args.out, "".join(json.dumps(p) + "\n" for p in found))
     wrong = len({json.dumps(p["prompt"]) for p in found})
     print(f"{len(found)} pairs from {wrong} of {len(prompts)} prompts -> {args.out}", file=sys.stderr)
+    if args.prompts_out:
+        mixed = uncertain(answers, asked)
+        atomic_write(args.prompts_out, "".join(json.dumps(r) + "\n" for r in mixed))
+        print(f"{len(mixed)} prompts answered both right and wrong -> {args.prompts_out}", file=sys.stderr)
     return 0
 
 
